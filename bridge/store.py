@@ -1,0 +1,110 @@
+"""Task snapshots in Redis, written by the bridge and read by the web process.
+
+Layout (all JSON, all bounded):
+
+- ``skald:task:<id>``: ``{"snapshot": {...}, "ending": {"event", "payload"} | null,
+  "detail": {...}}`` with a TTL (default 7 days).
+- ``skald:tasks``: sorted set of task ids by last update, trimmed to the bridge's
+  task limit: the admin task list and the bridge's restart memory.
+- ``skald:tasks:open``: set of task ids not yet ended, which reconciliation walks.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import redis
+
+from bridge.payloads import TERMINAL_STATES
+
+TASK_KEY_PREFIX = "skald:task:"
+INDEX_KEY = "skald:tasks"
+OPEN_KEY = "skald:tasks:open"
+
+Record = dict[str, Any]
+
+
+def task_key(task_id: str) -> str:
+    return f"{TASK_KEY_PREFIX}{task_id}"
+
+
+def _decode(raw: bytes | str | None) -> Record | None:
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "snapshot" in record else None
+
+
+class SnapshotStore:
+    """Read side for every process; the write helpers are used by the bridge only."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int = 7 * 24 * 3600,
+                 max_tasks: int = 100_000) -> None:
+        self.client = client
+        self.ttl = ttl_seconds
+        self.max_tasks = max_tasks
+
+    # -- read side -----------------------------------------------------------
+    def get(self, task_id: str) -> Record | None:
+        return _decode(self.client.get(task_key(task_id)))
+
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, Record]:
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        raws = self.client.mget([task_key(t) for t in ids])
+        return {t: rec for t, raw in zip(ids, raws) if (rec := _decode(raw)) is not None}
+
+    def recent(self, limit: int = 100, offset: int = 0) -> list[Record]:
+        """Records newest first (by last update)."""
+        ids = [i.decode() if isinstance(i, bytes) else i
+               for i in self.client.zrevrange(INDEX_KEY, offset, offset + limit - 1)]
+        found = self.get_many(ids)
+        return [found[i] for i in ids if i in found]
+
+    def open_ids(self) -> list[str]:
+        return [i.decode() if isinstance(i, bytes) else i for i in self.client.smembers(OPEN_KEY)]
+
+    # -- write side (bridge) ---------------------------------------------------
+    def queue_put(self, pipe: Any, record: Record) -> None:
+        """Add the commands that store ``record`` to a pipeline."""
+        snap = record["snapshot"]
+        task_id = snap["task_id"]
+        pipe.set(task_key(task_id), json.dumps(record, separators=(",", ":")), ex=self.ttl)
+        pipe.zadd(INDEX_KEY, {task_id: snap.get("updated_at") or 0})
+        if snap.get("state") in TERMINAL_STATES:
+            pipe.srem(OPEN_KEY, task_id)
+        else:
+            pipe.sadd(OPEN_KEY, task_id)
+
+    def queue_trim(self, pipe: Any) -> None:
+        """Keep the index within ``max_tasks`` (oldest updates dropped)."""
+        pipe.zremrangebyrank(INDEX_KEY, 0, -self.max_tasks - 1)
+
+    def forget_open(self, task_id: str) -> None:
+        self.client.srem(OPEN_KEY, task_id)
+
+
+METRICS_KEY = "skald:cluster:metrics"
+METRIC_NAMES = ("active_jobs", "queued", "completed_today", "failed_today", "workers_online",
+                "events_per_second", "watchers", "system_load")
+
+
+def read_metrics(client: redis.Redis, watchers: int | None = None) -> dict[str, Any]:
+    """The cluster metrics the bridge last published (zeros before it ever did)."""
+    metrics: dict[str, Any] = {name: 0 for name in METRIC_NAMES}
+    metrics["system_load"] = []
+    raw = client.get(METRICS_KEY)
+    if raw:
+        try:
+            stored = json.loads(raw)
+        except ValueError:
+            stored = {}
+        if isinstance(stored, dict):
+            metrics.update({k: v for k, v in stored.items() if k in metrics})
+    if watchers is not None:
+        metrics["watchers"] = watchers
+    return metrics

@@ -1,0 +1,1 @@
+"""Caption jobs, captioners, the event vocabulary and the database models."""

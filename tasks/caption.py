@@ -1,0 +1,167 @@
+"""The caption job: one Celery task over a job's images.
+
+After each image it stores the caption and sends ``task-progress``; between
+images (and while a captioner streams) it checks the cancel flag and, when set,
+keeps what it made, sends ``task-cancelled`` and ends REVOKED. An image that
+cannot be read fails that image, not the job.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from celery import Task
+from celery.exceptions import Ignore
+from celery.signals import worker_process_init
+
+from settings import Settings, load_settings
+from tasks import events
+from tasks.app import app
+from tasks.cancel import is_cancel_requested, redis_client
+from tasks.captioners import (CaptionCancelled, Captioner, CaptionerUnavailable,
+                              ImageUnreadable, get_captioner)
+from tasks.db import dispose_all, session_scope
+from tasks.models import Caption, Job
+
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_kwargs) -> None:
+    """Pooled DB connections must not cross a fork."""
+    dispose_all()
+
+
+@dataclass
+class Tally:
+    total: int
+    done: int = 0
+    failed: int = 0
+    captions: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    timed: int = 0  # images captioned in this run (for the ETA)
+
+    def eta(self) -> float | None:
+        if not self.timed:
+            return None
+        per_image = (time.monotonic() - self.started) / self.timed
+        return round(per_image * (self.total - self.done), 1)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+def _load(settings: Settings, job_id: int, task_id: str) -> tuple[str, list[tuple[int, str, str, bool]], Tally]:
+    """Owner name, the images as (id, name, path, already done), and the tally so far."""
+    with session_scope(settings.database_url) as db:
+        job = db.get(Job, job_id)
+        if job is None or job.task_id != task_id:
+            raise ValueError(f"job {job_id} does not exist for task {task_id}")
+        job.state = "STARTED"
+        job.current_step = "started"
+        job.started_at = job.started_at or time.time()
+        job.updated_at = time.time()
+        rows = []
+        tally = Tally(total=len(job.images))
+        for img in job.images:
+            cap = img.caption
+            rows.append((img.id, img.name, img.path, cap is not None))
+            if cap is not None:  # a redelivered job keeps what it made
+                tally.done += 1
+                tally.failed += cap.error is not None
+                if cap.text is not None:
+                    tally.captions.append({"image": img.name, "caption": cap.text})
+        return job.owner.name, rows, tally
+
+
+def _record(settings: Settings, job_id: int, image_id: int, captioner: str,
+            text: str | None, error: str | None, tally: Tally, step: str) -> None:
+    with session_scope(settings.database_url) as db:
+        db.add(Caption(image_id=image_id, text=text, captioner=captioner, error=error))
+        job = db.get(Job, job_id)
+        job.done, job.failed = tally.done, tally.failed
+        job.current_step = step[:255]
+        job.updated_at = time.time()
+
+
+def _finish(settings: Settings, job_id: int, state: str, step: str, error: str | None = None) -> None:
+    with session_scope(settings.database_url) as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            return
+        job.state = state
+        job.current_step = step[:255]
+        job.error = error
+        job.finished_at = job.updated_at = time.time()
+
+
+def run_images(task: Task, settings: Settings, job_id: int, captioner: Captioner,
+               should_stop: Callable[[], bool]) -> dict:
+    """Caption every image of the job not yet done; returns the results."""
+    task_id = task.request.id
+    owner, rows, tally = _load(settings, job_id, task_id)
+    for image_id, name, path, already_done in rows:
+        if already_done:
+            continue
+        if should_stop():
+            raise JobCancelled()
+        text: str | None = None
+        error: str | None = None
+        try:
+            text = captioner.caption(Path(path), should_stop)
+        except ImageUnreadable as exc:
+            error = str(exc)
+            log.warning("job %s: image %s failed: %s", job_id, name, exc)
+        except CaptionCancelled:
+            raise JobCancelled() from None
+        tally.done += 1
+        tally.timed += 1
+        if error is None:
+            tally.captions.append({"image": name, "caption": text})
+            step = f"Captioned {name}"
+        else:
+            tally.failed += 1
+            step = f"Could not read {name}"
+        _record(settings, job_id, image_id, captioner.name, text, error, tally, step)
+        task.send_event(events.TASK_PROGRESS, **events.progress_fields(
+            current=tally.done, total=tally.total, step=step, image=name, caption=text,
+            eta=tally.eta(), job_id=job_id, owner=owner, failed=tally.failed))
+    return {"job_id": job_id, "count": tally.done - tally.failed, "failed": tally.failed,
+            "total": tally.total, "captions": tally.captions, "owner": owner}
+
+
+@app.task(bind=True, name=events.CAPTION_TASK_NAME)
+def caption_job(self: Task, job_id: int) -> dict:
+    """Caption the images of job ``job_id`` (created by the web process)."""
+    settings = load_settings()
+    task_id = self.request.id
+    flags = redis_client(settings.redis_url)
+    try:
+        captioner = get_captioner(settings)
+        result = run_images(self, settings, job_id, captioner,
+                            lambda: is_cancel_requested(flags, task_id))
+    except JobCancelled:
+        _cancel(self, settings, job_id)
+        raise Ignore() from None
+    except CaptionerUnavailable as exc:
+        _finish(settings, job_id, "FAILURE", "failed", error=str(exc))
+        raise
+    _finish(settings, job_id, "SUCCESS", "done")
+    return result
+
+
+def _cancel(task: Task, settings: Settings, job_id: int) -> None:
+    """Keep what was made, tell the bridge, and end REVOKED."""
+    with session_scope(settings.database_url) as db:
+        job = db.get(Job, job_id)
+        completed = sum(1 for img in job.images if img.caption is not None and img.caption.error is None)
+        total = len(job.images)
+        owner = job.owner.name
+    _finish(settings, job_id, "REVOKED", "cancelled")
+    task.send_event(events.TASK_CANCELLED, **events.cancelled_fields(
+        completed=completed, total=total, job_id=job_id, owner=owner))
+    task.backend.mark_as_revoked(task.request.id, "cancelled", request=task.request)

@@ -1,0 +1,89 @@
+"""Shared fixtures: a private Redis, test settings, a real worker, app and users.
+
+Every session starts its own Redis on a free port (never the shared 6379) and
+its own SQLite database, so runs cannot collide.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from devstack import RedisProcess
+from settings import Settings, load_settings
+from tests.support import ProcessSet, make_image, worker_env
+
+pytest_plugins = ("celery.contrib.pytest",)
+
+@pytest.fixture(scope="session")
+def redis_proc() -> Iterator[RedisProcess]:
+    with RedisProcess() as proc:
+        yield proc
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("skald")
+
+@pytest.fixture(scope="session")
+def settings(redis_proc: RedisProcess, base_dir: Path) -> Settings:
+    return load_settings(env={}).with_overrides(
+        redis_url=redis_proc.url, broker_url=redis_proc.url,
+        database_url=f"sqlite:///{base_dir / 'skald.db'}",
+        upload_dir=base_dir / "uploads", var_dir=base_dir / "var",
+        secret_key="test-secret", web_async_mode="threading",
+        uploads_per_minute=1000, socket_rate=1000.0, socket_burst=1000,
+        cancel_grace_seconds=30.0, reconcile_seconds=2.0)
+
+@pytest.fixture(scope="session")
+def env(settings: Settings) -> dict[str, str]:
+    return worker_env(settings)
+
+@pytest.fixture(scope="session")
+def procs() -> Iterator[ProcessSet]:
+    ps = ProcessSet()
+    yield ps
+    ps.stop_all()
+
+@pytest.fixture(scope="session")
+def worker(procs: ProcessSet, env: dict[str, str], settings: Settings):
+    """A real Celery worker (the Procfile's command) on the test Redis."""
+    return procs.start_worker("w1", env, settings)
+
+@pytest.fixture(scope="session")
+def app(settings: Settings):
+    from web import create_app
+
+    return create_app(settings)
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+@pytest.fixture(scope="session")
+def users(app):
+    """Factory: ``users("alice")`` -> (Principal-like dict with token)."""
+    from tasks.db import session_scope
+    from web.auth import create_user
+
+    made: dict[str, dict] = {}
+
+    def make(name: str, admin: bool = False, password: str = "pw-" + "x" * 8) -> dict:
+        if name not in made:
+            with session_scope(app.extensions["skald"].settings.database_url) as db:
+                user, token = create_user(db, name, password=password, admin=admin)
+                made[name] = {"id": user.id, "name": name, "token": token,
+                              "password": password, "admin": admin,
+                              "headers": {"Authorization": f"Bearer {token}"}}
+        return made[name]
+    return make
+
+@pytest.fixture()
+def images(tmp_path: Path):
+    """Factory: ``images(3)`` -> list of PNG paths with different colours."""
+    def make(n: int, size: tuple[int, int] = (64, 48)) -> list[Path]:
+        return [make_image(tmp_path / f"img{i}.png", i, size) for i in range(n)]
+    return make
+
+os.environ.setdefault("SKALD_TESTING", "1")

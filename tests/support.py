@@ -1,0 +1,164 @@
+"""Helpers for tests: real processes, images, event capture."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COLOURS = [(200, 30, 30), (30, 160, 60), (40, 80, 200), (240, 220, 40), (20, 20, 20),
+           (250, 250, 250), (120, 60, 160), (250, 140, 20)]
+
+
+def make_image(path: Path, i: int = 0, size: tuple[int, int] = (64, 48)) -> Path:
+    Image.new("RGB", size, COLOURS[i % len(COLOURS)]).save(path)
+    return path
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "REDIS_URL": settings.redis_url,
+        "BROKER_URL": settings.broker_url,
+        "DATABASE_URL": settings.database_url,
+        "UPLOAD_DIR": str(settings.upload_dir),
+        "SKALD_VAR_DIR": str(settings.var_dir),
+        "SECRET_KEY": settings.secret_key or "test-secret",
+        "CAPTIONER": settings.captioner,
+        "RECONCILE_SECONDS": str(settings.reconcile_seconds),
+        "CANCEL_GRACE_SECONDS": str(settings.cancel_grace_seconds),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
+             what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Proc:
+    """A child process with its output kept in a file (for failure messages)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> "Proc":
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            self.popen.wait(5)
+
+
+class ProcessSet:
+    def __init__(self) -> None:
+        import tempfile
+
+        self.log_dir = Path(tempfile.mkdtemp(prefix="skald-logs-"))
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        proc = Proc(name, argv, env, self.log_dir).start()
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, name: str, env: dict[str, str], settings: Settings,
+                     concurrency: int = 2, extra: list[str] | None = None) -> Proc:
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-E",
+                "--loglevel=INFO", "-n", f"{name}@%h", "-c", str(concurrency),
+                "--without-mingle", "--without-gossip", *(extra or [])]
+        proc = self.start(name, argv, env)
+        wait_for(lambda: "ready." in proc.log() or not proc.alive(), 60, what=f"worker {name}")
+        assert proc.alive(), proc.log()
+        return proc
+
+    def start_bridge(self, name: str, env: dict[str, str]) -> Proc:
+        proc = self.start(name, [sys.executable, "-m", "bridge"], env)
+        wait_for(lambda: "bridge active" in proc.log() or not proc.alive(), 30,
+                 what=f"bridge {name}")
+        assert proc.alive(), proc.log()
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+class EventLog:
+    """Collects every Celery event from the cluster in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        from tasks.app import make_celery
+
+        self.app = make_celery(settings)
+        self.events: list[dict] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "EventLog":
+        self._thread.start()
+        assert self._ready.wait(10), "event receiver did not start"
+        time.sleep(0.2)
+        return self
+
+    def _run(self) -> None:
+        with self.app.connection_for_read() as conn:
+            self._recv = self.app.events.Receiver(conn, handlers={"*": self.events.append})
+            self._ready.set()
+            self._recv.capture(limit=None, timeout=None, wakeup=False)
+
+    def for_task(self, task_id: str) -> list[dict]:
+        return [e for e in list(self.events) if e.get("uuid") == task_id]
+
+    def stop(self) -> None:
+        self._recv.should_stop = True
+        self._thread.join(5)

@@ -1,0 +1,12 @@
+"""``python -m web ...``: serve, user, maintenance, caption."""
+import sys
+
+if sys.argv[1:2] == ["serve"]:
+    # gevent must patch the standard library before anything else imports it.
+    from gevent import monkey
+
+    monkey.patch_all()
+
+from web.cli import run  # noqa: E402
+
+run()

@@ -1,0 +1,50 @@
+"""Maintenance mode: a flag in Redis every web process reads.
+
+While active, new jobs are refused with ``503 maintenance``; running jobs finish.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+KEY = "skald:maintenance"
+OFF: dict[str, Any] = {"active": False, "message": "", "until": None}
+
+
+def maintenance_status(client: redis.Redis) -> dict[str, Any]:
+    raw = client.get(KEY)
+    if not raw:
+        return dict(OFF)
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return dict(OFF)
+    until = status.get("until")
+    if isinstance(until, (int, float)) and until < time.time():
+        return dict(OFF)
+    return {"active": bool(status.get("active")), "message": str(status.get("message") or ""),
+            "until": until}
+
+
+def set_maintenance(client: redis.Redis, active: bool, message: str = "",
+                    until: float | None = None) -> dict[str, Any]:
+    status = {"active": active, "message": message if active else "",
+              "until": until if active else None}
+    if active:
+        client.set(KEY, json.dumps(status))
+    else:
+        client.delete(KEY)
+    return status
+
+
+def announce(redis_url: str, status: dict[str, Any]) -> None:
+    """Tell every connected client, on every web process, through the message queue."""
+    from flask_socketio import SocketIO
+
+    from web import SOCKETIO_CHANNEL
+
+    SocketIO(message_queue=redis_url, channel=SOCKETIO_CHANNEL).emit(
+        "maintenance_status", status, namespace="/")
