@@ -10,6 +10,9 @@ STATES = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "CANCELLING",
           "SUCCESS", "FAILURE", "REVOKED")
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
+# Flask-SocketIO's message-queue channel; the bridge publishes on it, web listens.
+SOCKETIO_CHANNEL = "flask-socketio"
+
 PROGRESS_UPDATE = "progress_update"
 TASK_COMPLETED = "task_completed"
 TASK_CANCELLED = "task_cancelled"

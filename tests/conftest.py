@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from devstack import RedisProcess
+from devstack import RedisProcess, free_port
 from settings import Settings, load_settings
 from tests.support import ProcessSet, make_image, worker_env
 
@@ -50,6 +50,24 @@ def procs() -> Iterator[ProcessSet]:
 def worker(procs: ProcessSet, env: dict[str, str], settings: Settings):
     """A real Celery worker (the Procfile's command) on the test Redis."""
     return procs.start_worker("w1", env, settings)
+
+@pytest.fixture(scope="session")
+def bridge(procs: ProcessSet, env: dict[str, str]):
+    """The real bridge process (``python -m bridge``)."""
+    return procs.start_bridge("bridge", env)
+
+
+@pytest.fixture(scope="session")
+def web(procs: ProcessSet, env: dict[str, str]):
+    """The real web process (``python -m web serve``, gevent) on a free port."""
+    return procs.start_web("web", env, free_port())
+
+
+@pytest.fixture(scope="session")
+def stack(worker, bridge, web):
+    """Worker, bridge and web running on the test Redis; yields the web URL."""
+    return web.url
+
 
 @pytest.fixture(scope="session")
 def app(settings: Settings):

@@ -128,6 +128,24 @@ class ProcessSet:
         assert proc.alive(), proc.log()
         return proc
 
+    def start_web(self, name: str, env: dict[str, str], port: int) -> Proc:
+        import requests
+
+        env = {**env, "WEB_PORT": str(port), "WEB_HOST": "127.0.0.1"}
+        proc = self.start(name, [sys.executable, "-m", "web", "serve"], env)
+
+        def up() -> bool:
+            if not proc.alive():
+                return True
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+        wait_for(up, 30, what=f"web {name}")
+        assert proc.alive(), proc.log()
+        proc.url = f"http://127.0.0.1:{port}"
+        return proc
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
@@ -162,3 +180,58 @@ class EventLog:
     def stop(self) -> None:
         self._recv.should_stop = True
         self._thread.join(5)
+
+
+class Watcher:
+    """A real python-socketio client over websocket that records what it receives."""
+
+    ENDINGS = ("task_completed", "task_cancelled", "task_error")
+
+    def __init__(self, url: str, token: str | None = None, **connect_kwargs) -> None:
+        import socketio
+
+        self.url = url
+        self.token = token
+        self.sio = socketio.Client(reconnection=True, reconnection_delay=0.2,
+                                   reconnection_delay_max=1)
+        self.received: list[tuple[float, str, object]] = []
+        self._lock = threading.Lock()
+        self.sio.on("*", self._record)
+        self.connect_kwargs = connect_kwargs
+
+    def _record(self, event: str, data: object = None) -> None:
+        with self._lock:
+            self.received.append((time.time(), event, data))
+
+    def connect(self) -> "Watcher":
+        auth = {"token": self.token} if self.token is not None else None
+        self.sio.connect(self.url, auth=auth, transports=["websocket"], wait_timeout=10,
+                         **self.connect_kwargs)
+        return self
+
+    def call(self, event: str, data: object = None, timeout: float = 10):
+        return self.sio.call(event, data, timeout=timeout)
+
+    def events(self, task_id: str | None = None, names: tuple[str, ...] | None = None) -> list:
+        with self._lock:
+            items = list(self.received)
+        out = []
+        for _t, name, data in items:
+            if names and name not in names:
+                continue
+            if task_id and not (isinstance(data, dict) and data.get("task_id") == task_id):
+                continue
+            out.append((name, data))
+        return out
+
+    def endings(self, task_id: str) -> list:
+        return self.events(task_id, self.ENDINGS)
+
+    def wait_ending(self, task_id: str, timeout: float = 60):
+        return wait_for(lambda: self.endings(task_id), timeout, what=f"ending of {task_id}")
+
+    def close(self) -> None:
+        try:
+            self.sio.disconnect()
+        except Exception:  # noqa: BLE001
+            pass

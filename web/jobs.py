@@ -88,6 +88,8 @@ def live_snapshot(job: Job, owner: str, record: dict | None) -> dict:
     if record is not None:
         snap = {**record["snapshot"], "job_id": job.id, "owner": owner}
         if snap["state"] in payloads.TERMINAL_STATES or job.state not in payloads.TERMINAL_STATES:
+            if not snap.get("total"):  # before the first image the bridge cannot know it
+                snap["total"] = job.total
             return snap
     return db_snapshot(job, owner)
 

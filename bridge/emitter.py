@@ -1,0 +1,197 @@
+"""Emitting to Socket.IO rooms: coalescing (pure) and the atomic publisher (I/O).
+
+Coalescing: at most one ``progress_update`` (and ``job_update``) per task per
+window (default 100 ms); the first goes at once, later ones wait and the
+newest replaces the waiting one; a terminal update first flushes what waits for
+its task, then goes out at once. Terminal updates are never delayed or dropped.
+
+Publishing: the messages go to Flask-SocketIO's Redis message-queue channel in
+the format python-socketio's ``RedisManager`` writes, together with the store
+writes, in one Lua script that first checks the leader lease. So an ending is
+stored and emitted together or not at all (exactly once across a bridge
+crash), and a bridge that lost its lease can emit nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import redis
+import socketio
+
+from bridge.payloads import SOCKETIO_CHANNEL
+from bridge.state import Update
+from bridge.store import SnapshotStore
+
+RECENT_CAPTIONS_CAP = 50
+
+
+class Coalescer:
+    def __init__(self, window: float = 0.1) -> None:
+        self.window = window
+        self._last: dict[tuple[str, str, str], float] = {}
+        self._pending: dict[tuple[str, str, str], Update] = {}
+
+    def offer(self, update: Update, now: float) -> list[Update]:
+        """What to send now for ``update`` (maybe nothing: it waits)."""
+        key = (update.event, update.room, update.task_id)
+        if update.terminal:
+            out = [p for k, p in list(self._pending.items())
+                   if k[1] == update.room and k[2] == update.task_id]
+            for k in [k for k in self._pending if k[1] == update.room and k[2] == update.task_id]:
+                del self._pending[k]
+            self._last.pop(key, None)
+            out.append(update)
+            return out
+        last = self._last.get(key)
+        if last is None or now - last >= self.window:
+            self._last[key] = now
+            return [update]
+        waiting = self._pending.get(key)
+        self._pending[key] = _merge(waiting, update) if waiting else update
+        return []
+
+    def due(self, now: float) -> list[Update]:
+        """Waiting updates whose window has passed."""
+        out: list[Update] = []
+        for key, update in list(self._pending.items()):
+            if now - self._last.get(key, 0.0) >= self.window:
+                del self._pending[key]
+                self._last[key] = now
+                out.append(update)
+        if len(self._last) > 10_000:
+            self._last = {k: t for k, t in self._last.items() if now - t < self.window}
+        return out
+
+    def next_due(self) -> float | None:
+        if not self._pending:
+            return None
+        return min(self._last.get(k, 0.0) for k in self._pending) + self.window
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+def _merge(older: Update, newer: Update) -> Update:
+    """Keep the captions of a replaced progress update (the page lists each one)."""
+    old = older.payload.get("recent_captions")
+    if not old:
+        return newer
+    captions = (old + newer.payload.get("recent_captions", []))[-RECENT_CAPTIONS_CAP:]
+    return Update(newer.event, newer.room, newer.task_id,
+                  {**newer.payload, "recent_captions": captions}, newer.terminal)
+
+
+class _Capture(socketio.RedisManager):
+    """python-socketio's own message encoding, captured instead of published."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__("redis://unused", channel=channel, write_only=True)
+        self.out: list[str] = []
+
+    def _publish(self, data: Any) -> None:
+        self.out.append(self.json.dumps(data))
+
+
+class Ops:
+    """Redis commands collected for one script call (mirrors the redis-py methods used)."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+        self.count = 0
+
+    def _add(self, *cmd: Any) -> None:
+        self.args.extend((cmd[0], len(cmd) - 1, *cmd[1:]))
+        self.count += 1
+
+    def set(self, key: str, value: str, ex: int | None = None) -> None:
+        self._add("SET", key, value, "EX", ex) if ex else self._add("SET", key, value)
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> None:
+        for member, score in mapping.items():
+            self._add("ZADD", key, score, member)
+
+    def sadd(self, key: str, member: str) -> None:
+        self._add("SADD", key, member)
+
+    def srem(self, key: str, member: str) -> None:
+        self._add("SREM", key, member)
+
+    def zremrangebyrank(self, key: str, start: int, end: int) -> None:
+        self._add("ZREMRANGEBYRANK", key, start, end)
+
+    def publish(self, channel: str, message: str) -> None:
+        self._add("PUBLISH", channel, message)
+
+
+_SCRIPT = """
+if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[i + 1])
+  redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
+  i = i + 2 + n
+end
+return 1
+"""
+
+
+class LeaseLost(Exception):
+    """The script refused to write: another bridge holds the lease."""
+
+
+class Publisher:
+    """Stores records and emits updates together, only while holding the lease."""
+
+    def __init__(self, client: redis.Redis, store: SnapshotStore, lease_key: str = "",
+                 lease_token: str = "", channel: str = SOCKETIO_CHANNEL,
+                 chunk: int = 500) -> None:
+        self.client = client
+        self.store = store
+        self.lease_key = lease_key
+        self.lease_token = lease_token
+        self.channel = channel
+        self.chunk = chunk
+        self._encoder = _Capture(channel)
+        self._script = client.register_script(_SCRIPT)
+        self.emitted = 0
+
+    def encode(self, update: Update) -> str:
+        self._encoder.emit(update.event, update.payload, namespace="/", room=update.room)
+        return self._encoder.out.pop()
+
+    def send(self, updates: list[Update], records: Iterable[dict], extra: Ops | None = None) -> None:
+        """Write ``records`` and emit ``updates`` (in order), atomically per chunk.
+
+        A terminal update and its task's record always travel in one script.
+        """
+        by_task = {r["snapshot"]["task_id"]: r for r in records}
+        start = 0
+        while True:
+            part = updates[start:start + self.chunk]
+            last = start + self.chunk >= len(updates)
+            ops = Ops()
+            if extra is not None and start == 0:
+                ops.args.extend(extra.args)
+                ops.count += extra.count
+            for u in part:
+                record = by_task.pop(u.task_id, None)
+                if record is not None:
+                    self.store.queue_put(ops, record)
+            if last:
+                for record in by_task.values():
+                    self.store.queue_put(ops, record)
+                if by_task:
+                    self.store.queue_trim(ops)
+            for u in part:
+                ops.publish(self.channel, self.encode(u))
+            if ops.count:
+                self._run(ops)
+            self.emitted += len(part)
+            if last:
+                return
+            start += self.chunk
+
+    def _run(self, ops: Ops) -> None:
+        result = self._script(keys=[self.lease_key], args=[self.lease_token, ops.count, *ops.args])
+        if result == -1:
+            raise LeaseLost("another bridge holds the lease")

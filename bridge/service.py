@@ -1,0 +1,293 @@
+"""The bridge process: leadership, the event and command loops, and the processor.
+
+Threads:
+
+- ``event-receiver`` (receiver.py) and ``commands`` put items on one queue;
+- the processor (this module's :meth:`Bridge._process`) is the only thread that
+  touches the state machine, the coalescer and the store, so none of them
+  needs a lock. It drains the queue in batches and publishes each batch in one
+  atomic Redis script (emitter.py).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+from celery import Celery
+
+from bridge import reconcile
+from bridge.commands import CancelRequest, CommandReader, handle_cancel
+from bridge.emitter import Coalescer, LeaseLost, Publisher
+from bridge.lease import Lease
+from bridge.receiver import EventReceiver
+from bridge.state import Board, Update
+from bridge.store import SnapshotStore
+from settings import Settings
+from tasks import events as ev
+from tasks.app import make_celery
+
+log = logging.getLogger("bridge")
+
+BATCH = 2000               # events applied per publish at most
+QUEUE_MAX = 200_000        # back-pressure beyond this: Redis then drops us, we reconcile
+RECONCILE_MIN_AGE = 2.0    # s without news before a task is checked against the backend
+TERMINATE_WAIT = 10.0      # s after a terminate before the bridge records the end itself
+
+
+class Bridge:
+    def __init__(self, settings: Settings, app: Celery | None = None,
+                 client: redis.Redis | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.app = app or make_celery(settings)
+        self.client = client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+            health_check_interval=10, retry_on_timeout=True)
+        self.clock = clock
+        self.store = SnapshotStore(self.client, settings.snapshot_ttl_seconds, settings.bridge_max_tasks)
+        self.lease = Lease(self.client, settings.leader_ttl_seconds)
+        self.stop_event = threading.Event()
+        self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_MAX)
+        self.board = Board(settings.bridge_max_tasks, clock)
+        self.coalescer = Coalescer(settings.coalesce_ms / 1000.0)
+        self.events_applied = 0
+
+    # -- leadership ------------------------------------------------------------
+    def run(self) -> None:
+        """Wait for the lease, then work until stopped or the lease is lost; repeat."""
+        announced = False
+        while not self.stop_event.is_set():
+            try:
+                acquired = self.lease.try_acquire()
+            except redis.RedisError as exc:
+                log.warning("cannot reach Redis for the lease: %s", exc)
+                acquired = False
+            if not acquired:
+                if not announced:
+                    log.info("bridge standby (leader: %s)", self._holder())
+                    announced = True
+                self.stop_event.wait(min(0.5, self.settings.leader_ttl_seconds / 3))
+                continue
+            announced = False
+            try:
+                self._run_active()
+            except LeaseLost:
+                log.warning("lost the leader lease; back to standby")
+            finally:
+                self.lease.release()
+
+    def _holder(self) -> str | None:
+        try:
+            return self.lease.holder()
+        except redis.RedisError:
+            return None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- active ------------------------------------------------------------------
+    def _run_active(self) -> None:
+        self.board = Board(self.settings.bridge_max_tasks, self.clock)
+        self.coalescer = Coalescer(self.settings.coalesce_ms / 1000.0)
+        self.queue = queue.Queue(QUEUE_MAX)
+        self.publisher = Publisher(self.client, self.store, self.lease.key, self.lease.token)
+        self.deadlines: dict[str, tuple[float, bool]] = {}
+        self.reader = CommandReader(self.client, self.lease.token)
+        self._load_state()
+        lost = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(lost,), name="lease", daemon=True)
+        receiver = EventReceiver(self.app, self._enqueue_event,
+                                 on_connect=lambda: self.queue.put(("reconcile", True)))
+        commands = threading.Thread(target=self._commands, args=(lost,), name="commands", daemon=True)
+        renewer.start()
+        receiver.start()
+        commands.start()
+        log.info("bridge active (lease %s, %d tasks loaded)", self.lease.token, len(self.board))
+        try:
+            self._process(lost)
+        finally:
+            lost.set()
+            receiver.stop()
+            receiver.join(3)
+            commands.join(3)
+            renewer.join(3)
+
+    def _load_state(self) -> None:
+        """Tasks from the store: open ones plus the most recent (bounded)."""
+        while not self.stop_event.is_set():
+            try:
+                records = self.store.recent(self.settings.bridge_max_tasks)
+                open_ids = set(self.store.open_ids()) - {r["snapshot"]["task_id"] for r in records}
+                records += list(self.store.get_many(open_ids).values())
+                self.board.load(records)
+                return
+            except redis.RedisError as exc:
+                log.warning("cannot load state from Redis (%s); retrying", exc)
+                self.stop_event.wait(1.0)
+
+    def _renew(self, lost: threading.Event) -> None:
+        interval = self.settings.leader_ttl_seconds / 3
+        while not lost.wait(interval) and not self.stop_event.is_set():
+            try:
+                if not self.lease.renew():
+                    log.warning("leader lease taken over")
+                    lost.set()
+            except redis.RedisError as exc:
+                log.warning("cannot renew the lease: %s", exc)
+
+    def _enqueue_event(self, event: dict) -> None:
+        self.queue.put(("event", event))
+
+    def _commands(self, lost: threading.Event) -> None:
+        backoff = 0.2
+        while not lost.is_set() and not self.stop_event.is_set():
+            try:
+                self.reader.ensure_group()
+                for msg_id, request in self.reader.read(block_ms=500):
+                    self.queue.put(("command", msg_id, request))
+                backoff = 0.2
+            except redis.RedisError as exc:
+                log.warning("command stream unavailable (%s); retrying in %.1fs", exc, backoff)
+                lost.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # -- the processor -------------------------------------------------------------
+    def _process(self, lost: threading.Event) -> None:
+        next_reconcile = self.clock() + self.settings.reconcile_seconds
+        while not self.stop_event.is_set() and not lost.is_set():
+            now = self.clock()
+            wake = min(filter(None, [self.coalescer.next_due(), next_reconcile,
+                                     *[d for d, _ in self.deadlines.values()]]), default=now + 0.5)
+            try:
+                items = [self.queue.get(timeout=max(0.0, min(0.5, wake - now)))]
+            except queue.Empty:
+                items = []
+            while items and len(items) < BATCH:
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            updates: list[Update] = []
+            acks: list[str] = []
+            for item in items:
+                kind = item[0]
+                if kind == "event":
+                    updates += self._apply_event(item[1])
+                elif kind == "command":
+                    updates += self._command(item[1], item[2])
+                    acks.append(item[1])
+                elif kind == "reconcile":
+                    updates += self._reconcile(all_open=True)
+            now = self.clock()
+            if now >= next_reconcile:
+                updates += self._reconcile(all_open=False)
+                next_reconcile = now + self.settings.reconcile_seconds
+            updates += self._check_deadlines(now)
+            self._publish(updates, now)
+            for msg_id in acks:  # only once handled and published
+                self.reader.ack(msg_id)
+
+    def _publish(self, updates: list[Update], now: float) -> None:
+        out: list[Update] = []
+        for update in updates:
+            out += self.coalescer.offer(update, now)
+        out += self.coalescer.due(now)
+        records = [t.record() for t in self.board.take_changed()]
+        if not out and not records:
+            return
+        while True:
+            try:
+                self.publisher.send(out, records)
+                return
+            except LeaseLost:
+                raise
+            except redis.RedisError as exc:
+                log.warning("cannot publish (%s); retrying", exc)
+                if self.stop_event.wait(0.5):
+                    return
+
+    def _apply_event(self, event: dict) -> list[Update]:
+        self.events_applied += 1
+        if event.get("type") == ev.TASK_SUCCEEDED and "results" not in event:
+            task = self.board.get(event.get("uuid", ""))
+            if task is not None and task.name == ev.CAPTION_TASK_NAME and not task.ended:
+                try:
+                    results = reconcile.caption_results(self.app, task.task_id)
+                except Exception as exc:  # noqa: BLE001 - the ending goes out regardless
+                    log.warning("cannot read results of %s: %s", task.task_id, exc)
+                    results = None
+                if results is not None:
+                    event = {**event, "results": results}
+        return self.board.apply(event)
+
+    def _command(self, msg_id: str, request: CancelRequest | None) -> list[Update]:
+        if request is None:
+            log.warning("skipped malformed command %s", msg_id)
+            return []
+        task = self.board.get(request.task_id)
+        if task is not None and task.ended:
+            return []
+        try:
+            handle_cancel(self.client, request, lambda tid: self.app.control.revoke(tid))
+        except Exception as exc:  # noqa: BLE001 - the flag alone still stops the job
+            log.warning("revoke of %s failed: %s", request.task_id, exc)
+        updates = self.board.cancel(request.task_id, request.by)
+        if any(u.terminal for u in updates):
+            self._mark_revoked(request.task_id, "cancelled before it started")
+        else:
+            self.deadlines[request.task_id] = (self.clock() + self.settings.cancel_grace_seconds, False)
+        log.info("cancel %s by %s", request.task_id, request.by or "?")
+        return updates
+
+    def _check_deadlines(self, now: float) -> list[Update]:
+        updates: list[Update] = []
+        for task_id, (deadline, terminated) in list(self.deadlines.items()):
+            task = self.board.get(task_id)
+            if task is None or task.ended:
+                del self.deadlines[task_id]
+                continue
+            if now < deadline:
+                continue
+            if not terminated:
+                log.warning("job %s ignored its cancel for %.0fs: terminating it",
+                            task_id, self.settings.cancel_grace_seconds)
+                try:
+                    self.app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("terminate of %s failed: %s", task_id, exc)
+                self.deadlines[task_id] = (now + TERMINATE_WAIT, True)
+            else:
+                del self.deadlines[task_id]
+                self._mark_revoked(task_id, "terminated after the cancel grace period")
+                updates += self.board.terminated(task_id)
+        return updates
+
+    def _mark_revoked(self, task_id: str, reason: str) -> None:
+        try:
+            self.app.backend.mark_as_revoked(task_id, reason)
+        except Exception as exc:  # noqa: BLE001 - reconciliation uses the store meanwhile
+            log.warning("cannot record %s as revoked in the result backend: %s", task_id, exc)
+
+    def _reconcile(self, all_open: bool) -> list[Update]:
+        """Endings the result backend knows and the event stream did not bring."""
+        now = self.clock()
+        candidates = [t.task_id for t in self.board.open_tasks()
+                      if all_open or now - t.updated_at >= RECONCILE_MIN_AGE]
+        if not candidates:
+            return []
+        try:
+            metas = reconcile.backend_metas(self.app, candidates)
+        except Exception as exc:  # noqa: BLE001 - try again next round
+            log.warning("reconciliation failed: %s", exc)
+            return []
+        updates: list[Update] = []
+        for task_id, meta in metas.items():
+            event = reconcile.ending_event(task_id, meta)
+            if event is not None:
+                log.info("reconciled the ending of %s from the result backend (%s)",
+                         task_id, meta.get("status"))
+                updates += self.board.apply(event)
+        return updates

@@ -1,0 +1,117 @@
+"""The Flask app factory: settings, services, blueprints, Socket.IO."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask, request
+from flask_socketio import SocketIO
+from flask_wtf.csrf import CSRFProtect
+
+from bridge.payloads import SOCKETIO_CHANNEL
+from bridge.store import SnapshotStore
+from settings import Settings, load_settings
+from tasks.app import make_celery
+from tasks.cancel import redis_client
+from tasks.db import sessions
+from web.services import Services
+
+log = logging.getLogger(__name__)
+csrf = CSRFProtect()
+
+
+def _settings_from(config: Settings | Mapping[str, Any] | None) -> tuple[Settings, dict]:
+    """Split ``config`` into Skald settings and extra Flask config (UPPER_CASE keys)."""
+    if isinstance(config, Settings):
+        return config, {}
+    base = load_settings()
+    if not config:
+        return base, {}
+    names = {f.name for f in fields(Settings)}
+    overrides = {k: v for k, v in config.items() if k in names}
+    flask_cfg = {k: v for k, v in config.items() if k.isupper()}
+    unknown = set(config) - names - set(flask_cfg)
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return base.with_overrides(**overrides), flask_cfg
+
+
+def secret_key(settings: Settings) -> str:
+    """``SECRET_KEY`` from the environment, else ``var/secret_key`` (created, mode 600)."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.var_dir) / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        key = secrets.token_hex(32)
+        fh.write(key)
+    return key
+
+
+def _async_mode(wanted: str) -> str:
+    if wanted == "gevent":
+        from gevent import monkey
+        if not monkey.is_module_patched("socket"):
+            return "threading"
+    return wanted
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Build the web app. ``config``: a :class:`Settings`, or overrides of its fields
+    plus Flask config keys in UPPER_CASE; default: the environment."""
+    settings, flask_cfg = _settings_from(config)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secret_key(settings),
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SECURE=settings.secure_cookies,
+        WTF_CSRF_CHECK_DEFAULT=False,  # checked below, for session-authenticated requests
+        WTF_CSRF_TIME_LIMIT=None,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(flask_cfg)
+    client = redis_client(settings.redis_url)
+    app.extensions["skald"] = Services(
+        settings=settings, redis=client, db=sessions(settings.database_url),
+        celery=make_celery(settings),
+        store=SnapshotStore(client, settings.snapshot_ttl_seconds, settings.bridge_max_tasks))
+
+    from web import api, auth, errors, pages, sockets
+    errors.register(app)
+    csrf.init_app(app)
+    auth.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+
+    @app.before_request
+    def _csrf_for_sessions():
+        # Bearer-token calls carry no ambient credentials, so CSRF does not apply.
+        if request.method in ("POST", "PUT", "PATCH", "DELETE") and not auth.bearer_token():
+            csrf.protect()
+
+    socketio = SocketIO(
+        app,
+        async_mode=_async_mode(settings.web_async_mode),
+        message_queue=settings.redis_url,
+        channel=SOCKETIO_CHANNEL,
+        cors_allowed_origins=list(settings.cors_allowed_origins) or None,
+        # Engine.IO drops a connection past this; the 16 KB payload cap is
+        # checked per event so an oversized payload gets an `invalid` ack.
+        max_http_buffer_size=1024 * 1024,
+        ping_interval=10,
+        ping_timeout=10,
+    )
+    sockets.register(socketio, app)
+    return app
