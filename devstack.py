@@ -99,12 +99,13 @@ def _procfile() -> dict[str, str]:
 
 def ensure_admin(env: dict[str, str]) -> None:
     """On first start, create user ``admin`` and show its password and token once."""
-    from tasks.db import session_scope
-    from tasks.models import User
-    from web.auth import create_user
     import secrets
 
     from sqlalchemy import select
+
+    from tasks.db import session_scope
+    from tasks.models import User
+    from web.auth import create_user
 
     with session_scope(env["DATABASE_URL"]) as db:
         if db.scalar(select(User.id).limit(1)) is not None:
@@ -136,6 +137,8 @@ def main() -> int:
               flush=True)
     env.setdefault("DATABASE_URL", settings.database_url)
     env["PYTHONUNBUFFERED"] = "1"
+    # The Procfile says `python` and `celery`: make them this virtualenv's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     Path(settings.var_dir).mkdir(parents=True, exist_ok=True)
     ensure_admin(env)
     print(f"Open http://{settings.web_host}:{settings.web_port}/  (Ctrl-C stops everything)",

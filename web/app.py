@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask, request
+from flask_login import current_user
 from flask_socketio import SocketIO
 from flask_wtf.csrf import CSRFProtect
 
@@ -97,8 +98,12 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
 
     @app.before_request
     def _csrf_for_sessions():
-        # Bearer-token calls carry no ambient credentials, so CSRF does not apply.
-        if request.method in ("POST", "PUT", "PATCH", "DELETE") and not auth.bearer_token():
+        # CSRF guards ambient credentials: every form, and API calls made with
+        # the session cookie. Bearer-token calls carry none; anonymous API
+        # calls are refused as unauthorized by the view.
+        if request.method not in ("POST", "PUT", "PATCH", "DELETE") or auth.bearer_token():
+            return
+        if current_user.is_authenticated or not request.path.startswith("/api/"):
             csrf.protect()
 
     socketio = SocketIO(
