@@ -196,7 +196,11 @@
       return;
     }
     renderSnapshot(data);
-    if (data.last_caption) addCaption(data.last_caption.image, data.last_caption.caption);
+    // The bridge sends at most one update per 100 ms; recent_captions holds
+    // every caption folded into this one (last_caption only the newest).
+    const captions = Array.isArray(data.recent_captions) ? data.recent_captions
+      : (data.last_caption ? [data.last_caption] : []);
+    captions.forEach((c) => addCaption(c.image, c.caption));
   }
 
   // ---- socket ------------------------------------------------------------------
