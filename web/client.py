@@ -53,7 +53,8 @@ class Watcher:
         self.ended = threading.Event()
         self.ending: tuple[str, dict] | None = None
         self.bar = tqdm(total=total or 1, unit="img", dynamic_ncols=True, file=sys.stderr)
-        self.sio = socketio.Client(reconnection=True, reconnection_delay_max=5)
+        # Ctrl-C is ours to handle (python-socketio would disconnect on it).
+        self.sio = socketio.Client(reconnection=True, reconnection_delay_max=5, handle_sigint=False)
         self.sio.on("connect", self._on_connect)
         self.sio.on("progress_update", self._on_progress)
         for name in ENDINGS:
@@ -94,14 +95,17 @@ class Watcher:
         self.ended.set()
 
     def cancel(self) -> None:
-        done = threading.Event()
-
-        def ack(resp: dict) -> None:
-            msg = "cancelling…" if resp.get("ok") else resp.get("error", {}).get("message")
-            self.bar.write(str(msg))
-            done.set()
-        self.sio.emit("cancel_task", {"task_id": self.task_id}, callback=ack)
-        done.wait(10)
+        """Cancel over Socket.IO, or over HTTP while the socket is reconnecting."""
+        if self.sio.connected:
+            try:
+                ack = self.sio.call("cancel_task", {"task_id": self.task_id}, timeout=10)
+            except socketio.exceptions.TimeoutError:
+                ack = {"ok": False, "error": {"message": "no answer to the cancel request"}}
+        else:
+            resp = requests.post(f"{self.cfg.url}/api/jobs/{self.task_id}/cancel", timeout=10,
+                                 headers={"Authorization": f"Bearer {self.cfg.token}"})
+            ack = {"ok": resp.status_code == 202, "error": (resp.json() or {}).get("error", {})}
+        self.bar.write("cancelling…" if ack.get("ok") else str(ack.get("error", {}).get("message")))
 
     def run(self) -> int:
         try:
