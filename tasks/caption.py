@@ -16,6 +16,8 @@ from typing import Callable
 from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 
 from settings import Settings, load_settings
 from tasks import events
@@ -127,23 +129,45 @@ def run_images(task: Task, settings: Settings, job_id: int, captioner: Captioner
             tally.failed += 1
             step = f"Could not read {name}"
         _record(settings, job_id, image_id, captioner.name, text, error, tally, step)
-        task.send_event(events.TASK_PROGRESS, **events.progress_fields(
+        _send(task, events.TASK_PROGRESS, events.progress_fields(
             current=tally.done, total=tally.total, step=step, image=name, caption=text,
             eta=tally.eta(), job_id=job_id, owner=owner, failed=tally.failed))
     return {"job_id": job_id, "count": tally.done - tally.failed, "failed": tally.failed,
             "total": tally.total, "captions": tally.captions, "owner": owner}
 
 
+# One quick reconnect, then give up on this event rather than stall the job.
+_EVENT_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
+
+
+def _send(task: Task, event_type: str, fields: dict) -> None:
+    """Send an event; a broker outage loses the event (events are lossy), not the job."""
+    try:
+        task.send_event(event_type, retry=True, retry_policy=_EVENT_RETRY, **fields)
+    except (OSError, KombuError, RedisError) as exc:
+        log.warning("could not send %s for %s: %s", event_type, task.request.id, exc)
+
+
+def _cancel_check(settings: Settings, task_id: str) -> Callable[[], bool]:
+    """The stop check: is the cancel flag set? Redis being away means "not yet"."""
+    flags = redis_client(settings.redis_url)
+
+    def should_stop() -> bool:
+        try:
+            return is_cancel_requested(flags, task_id)
+        except RedisError as exc:
+            log.warning("cannot read the cancel flag of %s: %s", task_id, exc)
+            return False
+    return should_stop
+
+
 @app.task(bind=True, name=events.CAPTION_TASK_NAME)
 def caption_job(self: Task, job_id: int) -> dict:
     """Caption the images of job ``job_id`` (created by the web process)."""
     settings = load_settings()
-    task_id = self.request.id
-    flags = redis_client(settings.redis_url)
     try:
         captioner = get_captioner(settings)
-        result = run_images(self, settings, job_id, captioner,
-                            lambda: is_cancel_requested(flags, task_id))
+        result = run_images(self, settings, job_id, captioner, _cancel_check(settings, self.request.id))
     except JobCancelled:
         _cancel(self, settings, job_id)
         raise Ignore() from None
@@ -162,6 +186,6 @@ def _cancel(task: Task, settings: Settings, job_id: int) -> None:
         total = len(job.images)
         owner = job.owner.name
     _finish(settings, job_id, "REVOKED", "cancelled")
-    task.send_event(events.TASK_CANCELLED, **events.cancelled_fields(
+    _send(task, events.TASK_CANCELLED, events.cancelled_fields(
         completed=completed, total=total, job_id=job_id, owner=owner))
     task.backend.mark_as_revoked(task.request.id, "cancelled", request=task.request)
