@@ -1,4 +1,9 @@
-"""Cancel requests: web sends them, the bridge handles them. The format lives here only.
+"""Requests from web to the bridge: the format of each lives here only.
+
+- ``cancel``: a user asked to stop a job (flag + revoke, see :func:`handle_cancel`).
+- ``track``: a job the bridge must follow even if it missed all its events
+  (sent when a job is submitted, and when someone watches a job the store does
+  not know): the bridge reconciles it against the result backend.
 
 Requests travel on the Redis stream ``skald:commands`` read by the consumer
 group ``bridge``; an entry is acknowledged only after it was handled, so a
@@ -22,6 +27,7 @@ STREAM = "skald:commands"
 GROUP = "bridge"
 STREAM_MAXLEN = 100_000
 CANCEL = "cancel"
+TRACK = "track"
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,17 @@ class CancelRequest:
     at: float
 
 
+@dataclass(frozen=True)
+class TrackRequest:
+    task_id: str
+    job_id: int | None
+    owner: str | None
+    total: int
+
+
+Command = CancelRequest | TrackRequest
+
+
 def send_cancel(client: redis.Redis, task_id: str, by: str) -> str:
     """Queue a cancel request for the bridge; returns the stream entry id."""
     entry = {"type": CANCEL, "task_id": task_id, "by": by, "at": f"{time.time():.6f}"}
@@ -38,17 +55,41 @@ def send_cancel(client: redis.Redis, task_id: str, by: str) -> str:
     return msg_id.decode() if isinstance(msg_id, bytes) else msg_id
 
 
-def parse(fields: dict[Any, Any]) -> CancelRequest | None:
-    """A request from a stream entry, or None when the entry is malformed."""
-    f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-         for k, v in fields.items()}
-    if f.get("type") != CANCEL or not f.get("task_id"):
-        return None
+def send_track(client: redis.Redis, task_id: str, job_id: int, owner: str, total: int) -> str:
+    """Ask the bridge to follow a caption job from now on."""
+    entry = {"type": TRACK, "task_id": task_id, "job_id": str(job_id), "owner": owner,
+             "total": str(total)}
+    msg_id = client.xadd(STREAM, entry, maxlen=STREAM_MAXLEN, approximate=True)
+    return msg_id.decode() if isinstance(msg_id, bytes) else msg_id
+
+
+def _int(value: str | None) -> int | None:
     try:
-        at = float(f.get("at") or 0)
+        return int(value) if value not in (None, "") else None
     except ValueError:
-        at = 0.0
-    return CancelRequest(task_id=f["task_id"], by=f.get("by", ""), at=at)
+        return None
+
+
+def parse(fields: dict[Any, Any]) -> Command | None:
+    """A request from a stream entry, or None when the entry is malformed."""
+    try:
+        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in fields.items()}
+    except UnicodeDecodeError:
+        return None
+    task_id = f.get("task_id")
+    if not task_id or len(task_id) > 64:
+        return None
+    if f.get("type") == CANCEL:
+        try:
+            at = float(f.get("at") or 0)
+        except ValueError:
+            at = 0.0
+        return CancelRequest(task_id=task_id, by=f.get("by", ""), at=at)
+    if f.get("type") == TRACK:
+        return TrackRequest(task_id=task_id, job_id=_int(f.get("job_id")),
+                            owner=f.get("owner") or None, total=_int(f.get("total")) or 0)
+    return None
 
 
 class CommandReader:
@@ -66,7 +107,7 @@ class CommandReader:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, block_ms: int = 1000, count: int = 100) -> list[tuple[str, CancelRequest | None]]:
+    def read(self, block_ms: int = 1000, count: int = 100) -> list[tuple[str, Command | None]]:
         """Entries to handle: first any left pending (by us or a dead consumer), then new ones."""
         if self._pending_first:
             self._pending_first = False
@@ -76,7 +117,7 @@ class CommandReader:
             if entries:
                 return [(_id(m), parse(f)) for m, f in entries if f is not None]
         resp = self.client.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
-        out: list[tuple[str, CancelRequest | None]] = []
+        out: list[tuple[str, Command | None]] = []
         for _stream, entries in resp or []:
             out.extend((_id(m), parse(f)) for m, f in entries)
         return out

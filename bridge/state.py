@@ -15,6 +15,7 @@ return value read from the result backend) before applying it.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import sys
 import time
@@ -149,7 +150,11 @@ def _num(value: Any, default: float | None = None) -> float | None:
     if isinstance(value, bool):
         return default
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            return default
+        return number if math.isfinite(number) else default  # NaN/Infinity: JSON allows them
     return default
 
 
@@ -215,16 +220,21 @@ class Board:
         if handler is None:
             self.ignored += 1
             return []
+        new = task is None
         if task is None:
             task = self._add(task_id)
         else:
             self._touch(task)
         stamp = _num(event.get("timestamp"), None) or self.clock()
         out = handler(self, task, event, stamp)
-        if out is None:  # nothing changed
+        if out is None:  # nothing changed (or the event was malformed)
             self.ignored += 1
+            if new:  # no phantom task for an event that said nothing usable
+                self._open.pop(task_id, None)
             return []
         task.updated_at = max(task.updated_at, stamp)
+        for update in out:  # the handler built these payloads before updated_at moved
+            update.payload["updated_at"] = task.updated_at
         self.changed.add(task_id)
         return out + [self._job_update(task)]
 
@@ -251,6 +261,24 @@ class Board:
         task.state = "CANCELLING"
         task.step = "cancelling"
         return [self._progress(task), self._job_update(task)]
+
+    def track(self, task_id: str, job_id: int | None = None, owner: str | None = None,
+              total: int = 0) -> list[Update]:
+        """Follow a job the web process submitted or someone watches (no emit to its room)."""
+        task = self.get(task_id)
+        new = task is None
+        if task is None:
+            task = self._add(task_id)
+            task.name = ev.CAPTION_TASK_NAME
+            task.updated_at = self.clock()
+        before = (task.job_id, task.owner, task.total)
+        task.job_id = task.job_id if task.job_id is not None else job_id
+        task.owner = task.owner or owner
+        task.total = task.total or max(0, int(total or 0))
+        if not new and before == (task.job_id, task.owner, task.total):
+            return []
+        self.changed.add(task_id)
+        return [self._job_update(task)]
 
     def terminated(self, task_id: str) -> list[Update]:
         """The bridge terminated a job that ignored its cancel past the grace period."""
@@ -306,7 +334,7 @@ class Board:
         task.step = _trim(event.get("step")) or task.step
         eta = _num(event.get("eta"))
         task.eta = round(eta, 1) if eta is not None and eta >= 0 else None
-        if isinstance(event.get("job_id"), int):
+        if isinstance(event.get("job_id"), int) and not isinstance(event["job_id"], bool):
             task.job_id = event["job_id"]
         if isinstance(event.get("owner"), str):
             task.owner = event["owner"]
@@ -353,6 +381,8 @@ class Board:
 
     def _on_cancelled(self, task: Task, event: dict, stamp: float) -> list[Update] | None:
         completed = _num(event.get(ev.CANCELLED_MARKER_FIELD))
+        if ev.CANCELLED_MARKER_FIELD in event and (completed is None or completed < 0):
+            return None  # ours, but malformed
         if completed is None:
             # Celery's own task-cancelled (broker connection lost): the task
             # goes back to the queue, so this is no ending.

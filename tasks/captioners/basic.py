@@ -56,7 +56,7 @@ def colour_name(rgb: tuple[int, int, int]) -> str:
         base = "teal"
     elif deg < 255:
         base = "blue"
-    elif deg < 290:
+    elif deg < 320:
         base = "purple"
     else:
         base = "pink"

@@ -52,9 +52,10 @@ class OllamaCaptioner:
 
     def _http_error(self, resp: requests.Response) -> Exception:
         try:
-            message = resp.json().get("error", resp.text)
+            body = resp.json()
         except ValueError:
-            message = resp.text
+            body = None
+        message = body.get("error", resp.text) if isinstance(body, dict) else resp.text[:200]
         if resp.status_code == 404:
             return CaptionerUnavailable(
                 f"Ollama model {self.model!r} is not available: {message} "
