@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 
 from bridge import reconcile
-from bridge.commands import CancelRequest, CommandReader, handle_cancel
+from bridge.commands import CancelRequest, Command, CommandReader, TrackRequest, handle_cancel
 from bridge.emitter import Coalescer, LeaseLost, Publisher
 from bridge.lease import Lease
 from bridge.receiver import EventReceiver
@@ -96,6 +96,7 @@ class Bridge:
         self.publisher = Publisher(self.client, self.store, self.lease.key, self.lease.token)
         self.deadlines: dict[str, tuple[float, bool]] = {}
         self.reader = CommandReader(self.client, self.lease.token)
+        self.to_reconcile: set[str] = set()
         self._load_state()
         lost = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(lost,), name="lease", daemon=True)
@@ -181,6 +182,9 @@ class Bridge:
                     acks.append(item[1])
                 elif kind == "reconcile":
                     updates += self._reconcile(all_open=True)
+            if self.to_reconcile:
+                updates += self._reconcile(ids=self.to_reconcile)
+                self.to_reconcile = set()
             now = self.clock()
             if now >= next_reconcile:
                 updates += self._reconcile(all_open=False)
@@ -221,12 +225,22 @@ class Bridge:
                     results = None
                 if results is not None:
                     event = {**event, "results": results}
-        return self.board.apply(event)
+        try:
+            return self.board.apply(event)
+        except Exception:  # noqa: BLE001 - one bad event must not stop the bridge
+            log.exception("skipped an event the state machine could not apply: %.300r", event)
+            return []
 
-    def _command(self, msg_id: str, request: CancelRequest | None) -> list[Update]:
+    def _command(self, msg_id: str, request: Command | None) -> list[Update]:
         if request is None:
             log.warning("skipped malformed command %s", msg_id)
             return []
+        if isinstance(request, TrackRequest):
+            self.to_reconcile.add(request.task_id)
+            return self.board.track(request.task_id, request.job_id, request.owner, request.total)
+        return self._cancel(request)
+
+    def _cancel(self, request: CancelRequest) -> list[Update]:
         task = self.board.get(request.task_id)
         if task is not None and task.ended:
             return []
@@ -271,11 +285,18 @@ class Bridge:
         except Exception as exc:  # noqa: BLE001 - reconciliation uses the store meanwhile
             log.warning("cannot record %s as revoked in the result backend: %s", task_id, exc)
 
-    def _reconcile(self, all_open: bool) -> list[Update]:
-        """Endings the result backend knows and the event stream did not bring."""
+    def _reconcile(self, all_open: bool = False, ids: set[str] | None = None) -> list[Update]:
+        """Endings the result backend knows and the event stream did not bring.
+
+        ``ids``: just these (newly tracked) tasks; ``all_open``: every open
+        task (after a (re)connect); otherwise open tasks quiet for a while.
+        """
         now = self.clock()
-        candidates = [t.task_id for t in self.board.open_tasks()
-                      if all_open or now - t.updated_at >= RECONCILE_MIN_AGE]
+        if ids is not None:
+            candidates = [i for i in ids if (t := self.board.get(i)) is not None and not t.ended]
+        else:
+            candidates = [t.task_id for t in self.board.open_tasks()
+                          if all_open or now - t.updated_at >= RECONCILE_MIN_AGE]
         if not candidates:
             return []
         try:

@@ -178,3 +178,27 @@ def test_connection_without_credentials_is_refused(stack):
         with pytest.raises(socketio.exceptions.ConnectionError):
             sio.connect(stack, auth=auth, transports=["websocket"], wait_timeout=5)
         assert refusals and refusals[0]["message"] == "unauthorized"
+
+
+def test_ending_missed_while_bridge_down_reaches_earlier_watchers(stack, users, images, bridge):
+    alice = users("alice")
+    bridge.stop()
+    w = Watcher(stack, alice["token"]).connect()
+    try:
+        job = submit(stack, alice, images(3))
+        task_id = job["task_id"]
+        assert w.call("join_task", {"task_id": task_id})["ok"]
+        already = [n for n, _ in w.endings(task_id)]
+        # The whole job runs while no bridge is up.
+        wait_for(lambda: requests.get(f"{stack}/api/jobs/{task_id}", headers=alice["headers"])
+                 .json()["state"] == "SUCCESS", 30, what="job done without a bridge")
+        bridge.start()
+        ending = w.wait_ending(task_id, 30)
+        time.sleep(1.0)
+        names = [n for n, _ in w.endings(task_id)]
+        assert names == ["task_completed"], (already, names)
+        assert ending[0][1]["results"]["count"] == 3
+    finally:
+        w.close()
+        if not bridge.alive():
+            bridge.start()

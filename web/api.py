@@ -57,7 +57,7 @@ def submit_job():
     _check_upload_rate(current_user.id)
     stored = save_uploads(request.files.getlist("images"), svc.settings)
     try:
-        job = jobs.create_and_submit(svc, current_user.id, stored)
+        job = jobs.create_and_submit(svc, current_user.id, current_user.name, stored)
     except ApiError:
         remove_stored(stored)
         raise

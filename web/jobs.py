@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bridge import payloads
-from bridge.commands import send_cancel
+from bridge.commands import send_cancel, send_track
 from tasks.events import CAPTION_TASK_NAME
 from tasks.models import Caption, Image, Job, User
 from web.errors import ApiError
@@ -27,8 +27,8 @@ from web.uploads import StoredImage, remove_stored
 log = logging.getLogger(__name__)
 
 
-def create_and_submit(svc: Services, owner_id: int, stored: list[StoredImage]) -> Job:
-    """Record the job and its images, then send it to the workers."""
+def create_and_submit(svc: Services, owner_id: int, owner: str, stored: list[StoredImage]) -> Job:
+    """Record the job and its images, send it to the workers, and have the bridge follow it."""
     task_id = str(uuid.uuid4())
     with svc.db() as db:
         job = Job(task_id=task_id, owner_id=owner_id, state="PENDING", total=len(stored),
@@ -47,8 +47,17 @@ def create_and_submit(svc: Services, owner_id: int, stored: list[StoredImage]) -
             job.state, job.error, job.finished_at = "FAILURE", "broker unavailable", time.time()
             db.commit()
         raise ApiError("unavailable", "the job queue is not reachable; try again shortly") from exc
+    track(svc, task_id, job_id, owner, len(stored))
     with svc.db() as db:
         return db.get(Job, job_id)
+
+
+def track(svc: Services, task_id: str, job_id: int, owner: str, total: int) -> None:
+    """Ask the bridge to follow a job even if it misses its events (best effort)."""
+    try:
+        send_track(svc.redis, task_id, job_id, owner, total)
+    except RedisError as exc:
+        log.warning("could not ask the bridge to track %s: %s", task_id, exc)
 
 
 def find_job(db: Session, task_id: str, user: Any) -> Job:

@@ -155,8 +155,15 @@ def register(socketio: SocketIO, app: Flask) -> None:
         join_room(task_room(job.task_id))
         record = jobs.fetch_record(svc, job.task_id)
         snap = jobs.live_snapshot(job, owner, record)
+        if record is None and snap["state"] not in payloads.TERMINAL_STATES:
+            # The bridge has no word on this job (it may have missed all of
+            # it): have it follow the job and reconcile its ending.
+            jobs.track(svc, job.task_id, job.id, owner, job.total)
         ending = jobs.ending(svc, job, snap, record)
         if ending is not None:
+            # It ended: this is the client's one ending; nothing more will
+            # come, so the room (and a late duplicate from it) is not needed.
+            leave_room(task_room(job.task_id))
             emit(ending["event"], ending["payload"])
         else:
             emit(payloads.PROGRESS_UPDATE, snap)
