@@ -27,7 +27,7 @@ class EventReceiver(threading.Thread):
         self.app = app
         self.sink = sink
         self.on_connect = on_connect
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._receiver = None
         self.connected = threading.Event()
         self.reconnects = 0
@@ -40,7 +40,7 @@ class EventReceiver(threading.Thread):
 
     def run(self) -> None:
         backoff = BACKOFF_START
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 with self.app.connection_for_read() as conn:
                     conn.ensure_connection(max_retries=1)
@@ -59,17 +59,17 @@ class EventReceiver(threading.Thread):
                     backoff = BACKOFF_START
                     receiver.capture(limit=None, timeout=None, wakeup=True)
             except Exception as exc:  # noqa: BLE001 - any broker trouble means reconnect
-                if self._stop.is_set():
+                if self._stopping.is_set():
                     break
                 self.connected.clear()
                 self.reconnects += 1
                 log.warning("event stream lost (%s: %s); reconnecting in %.1fs",
                             type(exc).__name__, exc, backoff)
-                self._stop.wait(backoff)
+                self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
         self.connected.clear()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         if self._receiver is not None:
             self._receiver.should_stop = True

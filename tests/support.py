@@ -123,7 +123,7 @@ class ProcessSet:
 
     def start_bridge(self, name: str, env: dict[str, str]) -> Proc:
         proc = self.start(name, [sys.executable, "-m", "bridge"], env)
-        wait_for(lambda: "bridge active" in proc.log() or not proc.alive(), 30,
+        wait_for(lambda: "event stream connected" in proc.log() or not proc.alive(), 30,
                  what=f"bridge {name}")
         assert proc.alive(), proc.log()
         return proc
@@ -165,13 +165,17 @@ class EventLog:
     def start(self) -> "EventLog":
         self._thread.start()
         assert self._ready.wait(10), "event receiver did not start"
-        time.sleep(0.2)
         return self
 
     def _run(self) -> None:
         with self.app.connection_for_read() as conn:
             self._recv = self.app.events.Receiver(conn, handlers={"*": self.events.append})
-            self._ready.set()
+            consuming = self._recv.on_consume_ready
+
+            def ready(*args, **kwargs) -> None:  # subscribed: nothing is missed from here
+                consuming(*args, **kwargs)
+                self._ready.set()
+            self._recv.on_consume_ready = ready
             self._recv.capture(limit=None, timeout=None, wakeup=False)
 
     def for_task(self, task_id: str) -> list[dict]:
@@ -235,3 +239,78 @@ class Watcher:
             self.sio.disconnect()
         except Exception:  # noqa: BLE001
             pass
+
+
+class Stack:
+    """A private Skald (Redis, workers, bridges, web) for tests that break things."""
+
+    def __init__(self, base: Path, redis_args: list[str] | None = None, **overrides) -> None:
+        from devstack import RedisProcess, free_port
+        from settings import load_settings
+
+        self.redis = RedisProcess()
+        self.redis_args = redis_args or []
+        self._start_redis()
+        self.settings = load_settings(env={}).with_overrides(
+            redis_url=self.redis.url, broker_url=self.redis.url,
+            database_url=f"sqlite:///{base / 'skald.db'}", upload_dir=base / "uploads",
+            var_dir=base / "var", secret_key="fault-secret", web_async_mode="threading",
+            uploads_per_minute=1000, reconcile_seconds=2.0, **overrides)
+        self.env = worker_env(self.settings)
+        self.env["LEADER_TTL_SECONDS"] = str(self.settings.leader_ttl_seconds)
+        self.env["VISIBILITY_TIMEOUT"] = str(self.settings.visibility_timeout)
+        self.procs = ProcessSet()
+        self.port = free_port()
+        self.web: Proc | None = None
+
+    def _start_redis(self) -> None:
+        import subprocess as sp
+
+        r = self.redis
+        r.proc = sp.Popen([r.binary, "--port", str(r.port), "--bind", "127.0.0.1", "--dir", r.dir,
+                           "--save", "", "--appendonly", "no", *self.redis_args],
+                          stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+        from devstack import redis_answers
+        wait_for(lambda: redis_answers(r.url, 0.2), 10, what="redis")
+
+    def restart_redis(self, down_for: float = 1.0) -> None:
+        self.redis.stop()
+        time.sleep(down_for)
+        self._start_redis()
+
+    def start(self, workers: int = 1, bridges: int = 1) -> "Stack":
+        for i in range(workers):
+            self.procs.start_worker(f"fw{i}", self.env, self.settings, concurrency=1)
+        for i in range(bridges):
+            self.start_bridge(f"fb{i}")
+        self.web = self.procs.start_web("fweb", self.env, self.port)
+        return self
+
+    def start_bridge(self, name: str) -> Proc:
+        proc = self.procs.start(name, [sys.executable, "-m", "bridge"], self.env)
+        wait_for(lambda: "event stream connected" in proc.log() or "bridge standby" in proc.log()
+                 or not proc.alive(), 30, what=f"bridge {name}")
+        return proc
+
+    def user(self, name: str) -> dict:
+        from tasks.db import session_scope
+        from web.auth import create_user
+
+        with session_scope(self.settings.database_url) as db:
+            _, token = create_user(db, name)
+        return {"name": name, "token": token, "headers": {"Authorization": f"Bearer {token}"}}
+
+    def submit(self, user: dict, paths) -> str:
+        import requests
+
+        files = [("images", (Path(p).name, open(p, "rb"), "image/png")) for p in paths]
+        resp = requests.post(f"{self.web.url}/api/jobs", headers=user["headers"], files=files,
+                             timeout=30)
+        assert resp.status_code == 202, resp.text
+        return resp.json()["task_id"]
+
+    def close(self) -> None:
+        self.procs.stop_all()
+        self.redis.stop()
+        from tasks.db import dispose_all
+        dispose_all()
