@@ -14,7 +14,13 @@ def for_settings(settings: Settings) -> dict:
         "result_backend": settings.redis_url,
         "result_expires": settings.result_expires,
         "broker_transport_options": {
+            # Redis broker: a job whose worker died unacked is given back to
+            # the queue after this long (set it above your longest job).
             "visibility_timeout": settings.visibility_timeout,
+            # ...and the sweep that gives it back runs every this many
+            # seconds (kombu's default throttle makes it ~100 s).
+            "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 2)),
+            "unacked_restore_throttle": 1,
             "fanout_prefix": True,
             "fanout_patterns": True,
         },
