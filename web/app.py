@@ -65,9 +65,14 @@ def _async_mode(wanted: str) -> str:
     return wanted
 
 
-def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+def create_app(config: Settings | Mapping[str, Any] | None = None, *,
+               message_queue: bool = True) -> Flask:
     """Build the web app. ``config``: a :class:`Settings`, or overrides of its fields
-    plus Flask config keys in UPPER_CASE; default: the environment."""
+    plus Flask config keys in UPPER_CASE; default: the environment.
+
+    ``message_queue=False`` leaves out the Redis message queue, for
+    Flask-SocketIO's test client (which refuses to run with one).
+    """
     settings, flask_cfg = _settings_from(config)
     app = Flask(__name__)
     app.config.update(
@@ -89,7 +94,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         celery=make_celery(settings),
         store=SnapshotStore(client, settings.snapshot_ttl_seconds, settings.bridge_max_tasks))
 
-    from web import api, auth, errors, pages, sockets
+    from web import admin, api, auth, errors, pages, sockets
     errors.register(app)
     csrf.init_app(app)
     auth.init_app(app)
@@ -109,7 +114,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     socketio = SocketIO(
         app,
         async_mode=_async_mode(settings.web_async_mode),
-        message_queue=settings.redis_url,
+        message_queue=settings.redis_url if message_queue else None,
         channel=SOCKETIO_CHANNEL,
         cors_allowed_origins=list(settings.cors_allowed_origins) or None,
         # Engine.IO drops a connection past this; the 16 KB payload cap is
@@ -119,4 +124,5 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         ping_timeout=10,
     )
     sockets.register(socketio, app)
+    admin.init_app(app, socketio)  # operator view, /metrics; after sockets (connections)
     return app
