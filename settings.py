@@ -86,6 +86,16 @@ class Settings:
     worker_offline_after: float = 10.0
     failure_burst: int = 5
     queue_backlog: int = 100
+    # Operator view (bridge/cluster.py): a failure burst is `failure_burst`
+    # failures within `failure_window` s; the bridge is "behind" past
+    # `bridge_lag_alert` s or `bridge_backlog_alert` events waiting; metrics go
+    # to the admin room every `metrics_interval` s (at most 2, the contract);
+    # broker queue lengths are read every `queue_poll_seconds`.
+    failure_window: float = 60.0
+    bridge_lag_alert: float = 10.0
+    bridge_backlog_alert: int = 10_000
+    metrics_interval: float = 1.0
+    queue_poll_seconds: float = 3.0
     # Celery.
     result_expires: int = 7 * 24 * 3600
     visibility_timeout: int = 3600
@@ -136,6 +146,11 @@ def load_settings(env: Mapping[str, str] | None = None, dotenv: bool = True) -> 
         worker_offline_after=_float(env, "WORKER_OFFLINE_AFTER", 10.0),
         failure_burst=_int(env, "ALERT_FAILURE_BURST", 5),
         queue_backlog=_int(env, "ALERT_QUEUE_BACKLOG", 100),
+        failure_window=_float(env, "ALERT_FAILURE_WINDOW", 60.0),
+        bridge_lag_alert=_float(env, "ALERT_BRIDGE_LAG", 10.0),
+        bridge_backlog_alert=_int(env, "ALERT_BRIDGE_BACKLOG", 10_000),
+        metrics_interval=min(2.0, max(0.2, _float(env, "METRICS_INTERVAL", 1.0))),
+        queue_poll_seconds=max(0.5, _float(env, "QUEUE_POLL_SECONDS", 3.0)),
         result_expires=_int(env, "RESULT_EXPIRES", 7 * 24 * 3600),
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 3600),
     )

@@ -4,9 +4,17 @@ Threads:
 
 - ``event-receiver`` (receiver.py) and ``commands`` put items on one queue;
 - the processor (this module's :meth:`Bridge._process`) is the only thread that
-  touches the state machine, the coalescer and the store, so none of them
-  needs a lock. It drains the queue in batches and publishes each batch in one
-  atomic Redis script (emitter.py).
+  touches the state machine, the cluster view, the coalescer and the store, so
+  none of them needs a lock. It drains the queue in batches and publishes each
+  batch in one atomic Redis script (emitter.py);
+- ``gauges`` reads the broker's queue lengths and the web processes' watcher
+  counts every few seconds and hands them over as one tuple (an atomic swap).
+
+Every ``metrics_interval`` (default 1 s) the processor ticks the cluster view
+(bridge/cluster.py): ``system_metrics_update`` and alerts go to room ``admin``,
+and workers, metrics and counters are stored in Redis in the same script, so a
+restarted bridge (and the web's ``/api/workers`` and ``/metrics``) continue
+from them.
 """
 from __future__ import annotations
 
@@ -19,10 +27,12 @@ from typing import Any, Callable
 import redis
 from celery import Celery
 
-from bridge import reconcile
+from bridge import reconcile, store as cluster_store
+from bridge.cluster import Cluster
 from bridge.commands import CancelRequest, Command, CommandReader, TrackRequest, handle_cancel
-from bridge.emitter import Coalescer, LeaseLost, Publisher
+from bridge.emitter import Coalescer, LeaseLost, Ops, Publisher
 from bridge.lease import Lease
+from bridge.queues import QueueProbe
 from bridge.receiver import EventReceiver
 from bridge.state import Board, Update
 from bridge.store import SnapshotStore
@@ -52,8 +62,18 @@ class Bridge:
         self.stop_event = threading.Event()
         self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_MAX)
         self.board = Board(settings.bridge_max_tasks, clock)
+        self.cluster = self._new_cluster()
         self.coalescer = Coalescer(settings.coalesce_ms / 1000.0)
         self.events_applied = 0
+        # (queue lengths or None, watchers) from the gauges thread; swapped whole.
+        self.gauges: tuple[dict[str, int] | None, int] | None = None
+
+    def _new_cluster(self) -> Cluster:
+        s = self.settings
+        return Cluster(offline_after=s.worker_offline_after, failure_burst=s.failure_burst,
+                       failure_window=s.failure_window, queue_backlog=s.queue_backlog,
+                       lag_alert=s.bridge_lag_alert, backlog_alert=s.bridge_backlog_alert,
+                       max_open=s.bridge_max_tasks, clock=self.clock)
 
     # -- leadership ------------------------------------------------------------
     def run(self) -> None:
@@ -76,6 +96,9 @@ class Bridge:
                 self._run_active()
             except LeaseLost:
                 log.warning("lost the leader lease; back to standby")
+            except Exception:  # noqa: BLE001 - never die: log, step down, try again
+                log.exception("bridge failed; stepping down and retrying")
+                self.stop_event.wait(1.0)
             finally:
                 self.lease.release()
 
@@ -91,6 +114,8 @@ class Bridge:
     # -- active ------------------------------------------------------------------
     def _run_active(self) -> None:
         self.board = Board(self.settings.bridge_max_tasks, self.clock)
+        self.cluster = self._new_cluster()
+        self.gauges = None
         self.coalescer = Coalescer(self.settings.coalesce_ms / 1000.0)
         self.queue = queue.Queue(QUEUE_MAX)
         self.publisher = Publisher(self.client, self.store, self.lease.key, self.lease.token)
@@ -100,12 +125,13 @@ class Bridge:
         self._load_state()
         lost = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(lost,), name="lease", daemon=True)
-        receiver = EventReceiver(self.app, self._enqueue_event,
-                                 on_connect=lambda: self.queue.put(("reconcile", True)))
+        receiver = EventReceiver(self.app, self._enqueue_event, on_connect=self._on_stream_connected)
         commands = threading.Thread(target=self._commands, args=(lost,), name="commands", daemon=True)
+        gauges = threading.Thread(target=self._poll_gauges, args=(lost,), name="gauges", daemon=True)
         renewer.start()
         receiver.start()
         commands.start()
+        gauges.start()
         log.info("bridge active (lease %s, %d tasks loaded)", self.lease.token, len(self.board))
         try:
             self._process(lost)
@@ -115,6 +141,7 @@ class Bridge:
             receiver.join(3)
             commands.join(3)
             renewer.join(3)
+            gauges.join(3)
 
     def _load_state(self) -> None:
         """Tasks from the store: open ones plus the most recent (bounded)."""
@@ -124,10 +151,40 @@ class Bridge:
                 open_ids = set(self.store.open_ids()) - {r["snapshot"]["task_id"] for r in records}
                 records += list(self.store.get_many(open_ids).values())
                 self.board.load(records)
+                self._load_cluster()
                 return
             except redis.RedisError as exc:
                 log.warning("cannot load state from Redis (%s); retrying", exc)
                 self.stop_event.wait(1.0)
+
+    def _load_cluster(self) -> None:
+        """Workers, counters, history and alerts of the previous bridge; open tasks from the board."""
+        stored = cluster_store.read_cluster(self.client)
+        self.cluster.load(workers=stored["workers"], stats=stored["stats"],
+                          history=stored["history"], alerts=stored["alerts"])
+        self.cluster.load_open((t.task_id, t.state, t.name, t.started_at)
+                               for t in self.board.open_tasks())
+
+    def _poll_gauges(self, lost: threading.Event) -> None:
+        """Watcher counts every second; broker queue lengths every ``queue_poll_seconds``."""
+        probe = QueueProbe(self.app)
+        lengths: dict[str, int] | None = None
+        next_probe = 0.0
+        try:
+            while not lost.is_set() and not self.stop_event.is_set():
+                now = time.monotonic()
+                if now >= next_probe:
+                    lengths = probe.lengths()
+                    next_probe = now + self.settings.queue_poll_seconds
+                try:
+                    watchers = cluster_store.read_watchers(self.client, time.time(), prune=True)
+                except redis.RedisError as exc:
+                    log.warning("cannot read watcher counts: %s", exc)
+                    watchers = self.cluster.watchers
+                self.gauges = (lengths, watchers)
+                lost.wait(1.0)
+        finally:
+            probe.close()
 
     def _renew(self, lost: threading.Event) -> None:
         interval = self.settings.leader_ttl_seconds / 3
@@ -138,6 +195,10 @@ class Bridge:
                     lost.set()
             except redis.RedisError as exc:
                 log.warning("cannot renew the lease: %s", exc)
+
+    def _on_stream_connected(self) -> None:
+        log.info("event stream connected; reconciling open tasks")
+        self.queue.put(("reconcile", True))
 
     def _enqueue_event(self, event: dict) -> None:
         self.queue.put(("event", event))
@@ -158,9 +219,10 @@ class Bridge:
     # -- the processor -------------------------------------------------------------
     def _process(self, lost: threading.Event) -> None:
         next_reconcile = self.clock() + self.settings.reconcile_seconds
+        next_tick = self.clock()
         while not self.stop_event.is_set() and not lost.is_set():
             now = self.clock()
-            wake = min(filter(None, [self.coalescer.next_due(), next_reconcile,
+            wake = min(filter(None, [self.coalescer.next_due(), next_reconcile, next_tick,
                                      *[d for d, _ in self.deadlines.values()]]), default=now + 0.5)
             try:
                 items = [self.queue.get(timeout=max(0.0, min(0.5, wake - now)))]
@@ -190,21 +252,44 @@ class Bridge:
                 updates += self._reconcile(all_open=False)
                 next_reconcile = now + self.settings.reconcile_seconds
             updates += self._check_deadlines(now)
-            self._publish(updates, now)
+            extra = None
+            if now >= next_tick:
+                tick_updates, extra = self._tick(now)
+                updates += tick_updates
+                next_tick = now + self.settings.metrics_interval
+            self._publish(updates, now, extra)
             for msg_id in acks:  # only once handled and published
                 self.reader.ack(msg_id)
 
-    def _publish(self, updates: list[Update], now: float) -> None:
+    def _tick(self, now: float) -> tuple[list[Update], Ops]:
+        """The cluster view's tick, and its state to store (in the same script)."""
+        cluster = self.cluster
+        if self.gauges is not None:
+            lengths, watchers = self.gauges
+            cluster.set_queues(lengths)
+            cluster.set_watchers(watchers)
+        cluster.set_backlog(self.queue.qsize())
+        updates = cluster.tick(now)
+        ops = Ops()
+        cluster_store.queue_cluster(
+            ops, metrics=updates[-1].payload["metrics"], stats=cluster.stats(now),
+            workers=cluster.workers() if cluster.workers_changed else None,
+            history=list(cluster.history) if cluster.history_changed else None,
+            alerts=list(cluster.alerts) if cluster.alerts_changed else None)
+        cluster.workers_changed = cluster.history_changed = cluster.alerts_changed = False
+        return updates, ops
+
+    def _publish(self, updates: list[Update], now: float, extra: Ops | None = None) -> None:
         out: list[Update] = []
         for update in updates:
             out += self.coalescer.offer(update, now)
         out += self.coalescer.due(now)
         records = [t.record() for t in self.board.take_changed()]
-        if not out and not records:
+        if not out and not records and extra is None:
             return
         while True:
             try:
-                self.publisher.send(out, records)
+                self.publisher.send(out, records, extra=extra)
                 return
             except LeaseLost:
                 raise
@@ -226,10 +311,15 @@ class Bridge:
                 if results is not None:
                     event = {**event, "results": results}
         try:
-            return self.board.apply(event)
+            updates = self.board.apply(event)
         except Exception:  # noqa: BLE001 - one bad event must not stop the bridge
             log.exception("skipped an event the state machine could not apply: %.300r", event)
-            return []
+            updates = []
+        try:
+            return updates + self.cluster.apply(event)
+        except Exception:  # noqa: BLE001 - the operator view must not stop the bridge either
+            log.exception("skipped an event the cluster view could not apply: %.300r", event)
+            return updates
 
     def _command(self, msg_id: str, request: Command | None) -> list[Update]:
         if request is None:
@@ -251,6 +341,7 @@ class Bridge:
         updates = self.board.cancel(request.task_id, request.by)
         if any(u.terminal for u in updates):
             self._mark_revoked(request.task_id, "cancelled before it started")
+            updates += self.cluster.task_ended(request.task_id, "REVOKED")
         else:
             self.deadlines[request.task_id] = (self.clock() + self.settings.cancel_grace_seconds, False)
         log.info("cancel %s by %s", request.task_id, request.by or "?")
@@ -277,6 +368,7 @@ class Bridge:
                 del self.deadlines[task_id]
                 self._mark_revoked(task_id, "terminated after the cancel grace period")
                 updates += self.board.terminated(task_id)
+                updates += self.cluster.task_ended(task_id, "REVOKED")
         return updates
 
     def _mark_revoked(self, task_id: str, reason: str) -> None:
@@ -310,5 +402,5 @@ class Bridge:
             if event is not None:
                 log.info("reconciled the ending of %s from the result backend (%s)",
                          task_id, meta.get("status"))
-                updates += self.board.apply(event)
+                updates += self.board.apply(event) + self.cluster.apply(event)
         return updates

@@ -88,7 +88,16 @@ class SnapshotStore:
         self.client.srem(OPEN_KEY, task_id)
 
 
+# -- cluster state (written by the bridge each metrics tick, read by web and a restarted bridge)
 METRICS_KEY = "skald:cluster:metrics"
+WORKERS_KEY = "skald:cluster:workers"
+STATS_KEY = "skald:cluster:stats"
+HISTORY_KEY = "skald:cluster:history"
+ALERTS_KEY = "skald:cluster:alerts"
+CLUSTER_TTL = 7 * 24 * 3600   # a bridge gone this long leaves nothing stale behind
+# Per web process: {process id: "count:unix time"}; the bridge sums the fresh fields.
+WATCHERS_KEY = "skald:watchers"
+WATCHERS_FRESH = 15.0         # s a web process's count stays valid (it writes every 5 s)
 METRIC_NAMES = ("active_jobs", "queued", "completed_today", "failed_today", "workers_online",
                 "events_per_second", "watchers", "system_load")
 
@@ -108,3 +117,80 @@ def read_metrics(client: redis.Redis, watchers: int | None = None) -> dict[str, 
     if watchers is not None:
         metrics["watchers"] = watchers
     return metrics
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def queue_cluster(ops: Any, *, metrics: dict | None = None, workers: list | None = None,
+                  stats: dict | None = None, history: list | None = None,
+                  alerts: list | None = None, ttl: int = CLUSTER_TTL) -> None:
+    """Add the writes of the cluster state to ``ops`` (an ``emitter.Ops`` or a pipeline)."""
+    for key, value in ((METRICS_KEY, metrics), (WORKERS_KEY, workers), (STATS_KEY, stats),
+                       (HISTORY_KEY, history), (ALERTS_KEY, alerts)):
+        if value is not None:
+            ops.set(key, _dumps(value), ex=ttl)
+
+
+def _json(raw: bytes | str | None, kind: type) -> Any:
+    if not raw:
+        return kind()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return kind()
+    return value if isinstance(value, kind) else kind()
+
+
+def read_cluster(client: redis.Redis) -> dict[str, Any]:
+    """All stored cluster state in one round trip: metrics, workers, stats, history, alerts."""
+    raws = client.mget([METRICS_KEY, WORKERS_KEY, STATS_KEY, HISTORY_KEY, ALERTS_KEY])
+    return {"metrics": _json(raws[0], dict), "workers": _json(raws[1], list),
+            "stats": _json(raws[2], dict), "history": _json(raws[3], list),
+            "alerts": _json(raws[4], list)}
+
+
+def read_workers(client: redis.Redis) -> list[dict[str, Any]]:
+    """Workers as the bridge last stored them (``online`` as of that tick)."""
+    return [w for w in _json(client.get(WORKERS_KEY), list) if isinstance(w, dict)]
+
+
+def read_stats(client: redis.Redis) -> dict[str, Any]:
+    """The bridge's counters for Prometheus (empty before the bridge ever ran)."""
+    return _json(client.get(STATS_KEY), dict)
+
+
+def write_watchers(client: redis.Redis, process_id: str, count: int, now: float) -> None:
+    """One web process reports how many Socket.IO clients it holds."""
+    client.hset(WATCHERS_KEY, process_id, f"{int(count)}:{now:.3f}")
+
+
+def forget_watchers(client: redis.Redis, process_id: str) -> None:
+    client.hdel(WATCHERS_KEY, process_id)
+
+
+def read_watchers(client: redis.Redis, now: float, exclude: str | None = None,
+                  fresh: float = WATCHERS_FRESH, prune: bool = False) -> int:
+    """Clients connected to every web process (fresh reports only).
+
+    ``prune`` (the bridge's reads) removes the reports of web processes that
+    stopped reporting, e.g. killed ones."""
+    total = 0
+    stale = []
+    for field, raw in client.hgetall(WATCHERS_KEY).items():
+        name = field.decode() if isinstance(field, bytes) else field
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            count, stamp = text.split(":", 1)
+            count_n, stamp_f = int(count), float(stamp)
+        except ValueError:
+            stale.append(name)
+            continue
+        if now - stamp_f > fresh:
+            stale.append(name)
+        elif name != exclude:
+            total += max(0, count_n)
+    if stale and prune:
+        client.hdel(WATCHERS_KEY, *stale)
+    return total

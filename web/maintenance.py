@@ -31,10 +31,18 @@ def maintenance_status(client: redis.Redis) -> dict[str, Any]:
 
 def set_maintenance(client: redis.Redis, active: bool, message: str = "",
                     until: float | None = None) -> dict[str, Any]:
+    """Switch maintenance on (``until``: Unix time it ends by itself) or off; returns the status.
+
+    With ``until`` the flag also expires in Redis then, so nothing stale stays behind.
+    """
     status = {"active": active, "message": message if active else "",
               "until": until if active else None}
     if active:
-        client.set(KEY, json.dumps(status))
+        left_ms = int((until - time.time()) * 1000) if until is not None else None
+        if left_ms is not None and left_ms <= 0:
+            client.delete(KEY)
+            return dict(OFF)
+        client.set(KEY, json.dumps(status), px=left_ms)
     else:
         client.delete(KEY)
     return status

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Callable
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, emit, join_room, leave_room
 from redis.exceptions import RedisError
@@ -194,7 +194,10 @@ def register(socketio: SocketIO, app: Flask) -> None:
         if not conn.user.is_admin:
             raise ApiError("unauthorized", "admins only")
         join_room(ADMIN_ROOM)
-        return {"ok": True, "metrics": read_metrics(services().redis, watchers=len(conns))}
+        svc = services()
+        watchers = metrics.watchers_total(svc.redis, current_app.extensions["skald_report_id"],
+                                          len(conns))
+        return {"ok": True, "metrics": read_metrics(svc.redis, watchers=watchers)}
 
 
 def _authenticate(auth: Any) -> Principal | None:

@@ -1,0 +1,263 @@
+"""The operator view: the /admin page, its admin-only API, maintenance, and /metrics.
+
+Everything here reads what the bridge stored in Redis (``bridge/store.py``);
+the web process writes only the maintenance flag and cancel requests (the same
+``send_cancel`` command path as a watcher's cancel).
+
+Admin API errors follow the contract: ``401 unauthorized`` without a login,
+``403 forbidden`` for a user who is not an admin, ``400 invalid`` for a bad
+query or body.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from flask_login import current_user
+from redis.exceptions import RedisError
+
+from bridge import payloads, store
+from bridge.commands import send_cancel
+from web import jobs, metrics
+from web.auth import admin_required, user_required
+from web.errors import ApiError
+from web.maintenance import maintenance_status, set_maintenance
+from web.services import services
+
+bp = Blueprint("admin", __name__)
+
+SCAN_PAGE = 500        # records read per round trip when filtering the task list
+SCAN_CAP = 20_000      # most recent tasks a filtered list looks through (bounded work)
+MESSAGE_CAP = 500      # longest maintenance message
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,155}$")  # Celery ids: UUIDs or custom
+
+
+# -- the page -----------------------------------------------------------------------------
+@bp.get("/admin")
+@user_required
+def admin_page():
+    if not current_user.is_admin:
+        abort(403)
+    return render_template("admin.html", states=payloads.STATES)
+
+
+# -- cluster -------------------------------------------------------------------------------
+@bp.get("/api/workers")
+@admin_required
+def list_workers():
+    """Workers as the bridge last stored them, online first."""
+    return jsonify({"workers": _redis_read(store.read_workers)})
+
+
+@bp.get("/api/cluster")
+@admin_required
+def cluster_state():
+    """What the page needs on load: metrics, history of the charts, recent alerts."""
+    state = _redis_read(store.read_cluster)
+    svc = services()
+    conns = current_app.extensions.get("skald_connections")
+    stored = state["metrics"]
+    live = store.read_metrics(svc.redis, watchers=metrics.watchers_total(
+        svc.redis, current_app.extensions["skald_report_id"], len(conns) if conns else 0))
+    return jsonify({"metrics": {**stored, **live}, "history": state["history"],
+                    "alerts": state["alerts"], "maintenance": maintenance_status(svc.redis)})
+
+
+# -- tasks ------------------------------------------------------------------------------------
+@bp.get("/api/tasks")
+@admin_required
+def list_tasks():
+    """Tasks the bridge has seen, newest first; ``state``, ``name``, ``q`` (id search), ``limit``.
+
+    Filters look through the most recent :data:`SCAN_CAP` tasks (bounded work);
+    ``truncated`` says when that bound stopped the search.
+    """
+    state = request.args.get("state") or None
+    if state is not None and state not in payloads.STATES:
+        raise ApiError("invalid", f"state must be one of {', '.join(payloads.STATES)}")
+    name = request.args.get("name") or None
+    if name is not None and len(name) > 200:
+        raise ApiError("invalid", "name is at most 200 characters")
+    raw_query = (request.args.get("q") or "").strip()
+    if len(raw_query) > 155:
+        raise ApiError("invalid", "q is at most 155 characters")
+    query = raw_query.lower() or None
+    limit = _limit()
+    svc = services()
+    found: list[dict] = []
+    scanned = 0
+    truncated = False
+    try:
+        if query and TASK_ID_RE.match(raw_query) and len(raw_query) >= 32:
+            record = svc.store.get(raw_query)
+            candidates = [[record]] if record else [[]]
+        else:
+            candidates = _pages(svc)
+        for page in candidates:
+            for record in page:
+                scanned += 1
+                item = task_item(record)
+                if ((state is None or item["state"] == state)
+                        and (name is None or item.get("name") == name)
+                        and (query is None or query in item["task_id"].lower())):
+                    found.append(item)
+                    if len(found) >= limit:
+                        break
+            if len(found) >= limit:
+                break
+        else:
+            truncated = scanned >= SCAN_CAP
+    except RedisError as exc:
+        raise ApiError("unavailable", "live state is unavailable; try again") from exc
+    return jsonify({"tasks": found, "scanned": scanned, "truncated": truncated})
+
+
+def _pages(svc: Any):
+    for offset in range(0, SCAN_CAP, SCAN_PAGE):
+        page = svc.store.recent(SCAN_PAGE, offset)
+        if not page:
+            return
+        yield page
+
+
+def task_item(record: dict) -> dict:
+    """A task list row: the snapshot plus name, worker and runtime (as ``job_update``)."""
+    detail = record.get("detail") or {}
+    return {**record["snapshot"], "name": detail.get("name"), "worker": detail.get("worker"),
+            "runtime": detail.get("runtime"), "terminated": bool(detail.get("terminated"))}
+
+
+@bp.get("/api/tasks/<task_id>")
+@admin_required
+def get_task(task_id: str):
+    """One task's detail: args (trimmed), result or traceback, runtime, worker, ending."""
+    record = _record(task_id)
+    ending = record.get("ending") or {}
+    error = (ending.get("payload") or {}).get("error")
+    return jsonify({"task": {**task_item(record), **(record.get("detail") or {}),
+                             "error": error, "ending": ending.get("event")}})
+
+
+@bp.post("/api/tasks/<task_id>/cancel")
+@admin_required
+def cancel_task(task_id: str):
+    """Cancel any task: a caption job as its owner's cancel does; others by task id."""
+    svc = services()
+    if not TASK_ID_RE.match(task_id):
+        raise ApiError("not_found", "no such task")
+    job = owner = None
+    if jobs.is_uuid(task_id):
+        with svc.db() as db:
+            try:
+                job = jobs.find_job(db, task_id, current_user)
+                owner = job.owner.name
+            except ApiError:
+                job = None
+    if job is not None:
+        jobs.request_cancel(svc, job, owner, by=current_user.name)
+    else:
+        record = _record(task_id)
+        state = record["snapshot"].get("state")
+        if state in payloads.TERMINAL_STATES:
+            raise ApiError("conflict", f"the task already ended ({state})")
+        try:
+            send_cancel(svc.redis, task_id, current_user.name)
+        except RedisError as exc:
+            raise ApiError("unavailable", "cannot reach Redis to cancel; try again") from exc
+    return jsonify({"task_id": task_id, "state": "CANCELLING"}), 202
+
+
+def _record(task_id: str) -> dict:
+    if not TASK_ID_RE.match(task_id):
+        raise ApiError("not_found", "no such task")
+    record = _redis_read(lambda _client: services().store.get(task_id))
+    if record is None:
+        raise ApiError("not_found", "no such task")
+    return record
+
+
+# -- maintenance ---------------------------------------------------------------------------------
+@bp.get("/api/maintenance")
+@user_required
+def get_maintenance():
+    return jsonify(_redis_read(maintenance_status))
+
+
+@bp.post("/api/maintenance")
+@admin_required
+def post_maintenance():
+    """Switch maintenance on or off: ``{"active", "message", "until"}`` -> 200 the new status.
+
+    ``until`` (Unix time, optional) must lie in the future; maintenance then
+    ends by itself. Every connected client is told through the message queue.
+    """
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError("invalid", "the body must be a JSON object")
+    unknown = set(body) - {"active", "message", "until"}
+    if unknown:
+        raise ApiError("invalid", f"unknown field(s): {', '.join(sorted(map(str, unknown)))[:200]}")
+    active = body.get("active")
+    if not isinstance(active, bool):
+        raise ApiError("invalid", "active must be true or false")
+    message = body.get("message") or ""
+    if not isinstance(message, str) or len(message) > MESSAGE_CAP:
+        raise ApiError("invalid", f"message must be text of at most {MESSAGE_CAP} characters")
+    until = body.get("until")
+    if until is not None:
+        if isinstance(until, bool) or not isinstance(until, (int, float)) or not math.isfinite(until):
+            raise ApiError("invalid", "until must be a Unix time in seconds, or null")
+        if active and until <= time.time():
+            raise ApiError("invalid", "until must lie in the future")
+    svc = services()
+    try:
+        status = set_maintenance(svc.redis, active, message.strip(), until)
+    except RedisError as exc:
+        raise ApiError("unavailable", "cannot reach Redis; try again") from exc
+    current_app.extensions["socketio"].emit("maintenance_status", status, namespace="/")
+    current_app.logger.warning("maintenance %s by %s%s", "on" if active else "off",
+                               current_user.name, f": {status['message']}" if status["message"] else "")
+    return jsonify(status)
+
+
+# -- Prometheus -------------------------------------------------------------------------------------
+@bp.get("/metrics")
+def prometheus():
+    """Prometheus text format, no auth (scrapers); bounded labels only."""
+    registry = current_app.extensions["skald_metrics_registry"]
+    return Response(metrics.render(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def _limit(default: int = 100, cap: int = 1000) -> int:
+    raw = request.args.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError("invalid", "limit must be an integer") from None
+    if not 1 <= value <= cap:
+        raise ApiError("invalid", f"limit must be between 1 and {cap}")
+    return value
+
+
+def _redis_read(read):
+    try:
+        return read(services().redis)
+    except RedisError as exc:
+        raise ApiError("unavailable", "live state is unavailable; try again") from exc
+
+
+def init_app(app, socketio) -> None:
+    """Register the blueprint, the /metrics registry and the watcher-count reporter."""
+    svc = app.extensions["skald"]
+    app.register_blueprint(bp)
+    app.extensions["skald_metrics_registry"] = metrics.cluster_registry(svc.redis)
+    report_id = app.extensions["skald_report_id"] = metrics.report_id()
+    metrics.start_watcher_reporter(socketio, svc.redis, report_id,
+                                   app.extensions["skald_connections"])
+
