@@ -122,11 +122,14 @@ class Task:
         return task
 
 
-def _trim(text: Any) -> str | None:
+def _trim(text: Any, keep_end: bool = False) -> str | None:
+    """At most ``TEXT_CAP`` characters: the start, or the end (a traceback's useful part)."""
     if text is None:
         return None
     text = str(text)
-    return text if len(text) <= TEXT_CAP else text[: TEXT_CAP - 1] + "\u2026"
+    if len(text) <= TEXT_CAP:
+        return text
+    return "\u2026" + text[1 - TEXT_CAP:] if keep_end else text[: TEXT_CAP - 1] + "\u2026"
 
 
 def parse_exception(text: str | None) -> tuple[str, str]:
@@ -367,7 +370,7 @@ class Board:
     def _on_failed(self, task: Task, event: dict, stamp: float) -> list[Update] | None:
         exc = event.get("exception")
         type_, message = parse_exception(exc if isinstance(exc, str) else None)
-        task.outcome = _trim(event.get("traceback") or exc)
+        task.outcome = _trim(event.get("traceback") or exc, keep_end=True)
         task.step = "failed"
         task.eta = None
         return self._finish(task, "FAILURE", error=(type_, message))

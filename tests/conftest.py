@@ -13,7 +13,7 @@ import pytest
 
 from devstack import RedisProcess, free_port
 from settings import Settings, load_settings
-from tests.support import ProcessSet, make_image, worker_env
+from tests.support import CHROMIUM, CHROMIUM_ARGS, ProcessSet, make_image, worker_env
 
 pytest_plugins = ("celery.contrib.pytest",)
 
@@ -105,3 +105,16 @@ def images(tmp_path: Path):
     return make
 
 os.environ.setdefault("SKALD_TESTING", "1")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (its own browser download fails here)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

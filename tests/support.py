@@ -15,6 +15,10 @@ from PIL import Image
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps knocking on closed doors.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 COLOURS = [(200, 30, 30), (30, 160, 60), (40, 80, 200), (240, 220, 40), (20, 20, 20),
            (250, 250, 250), (120, 60, 160), (250, 140, 20)]
 
@@ -40,6 +44,16 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
     })
     return env
+
+
+def submit_job(url: str, user: dict, paths) -> dict:
+    """POST /api/jobs over real HTTP as ``user``; the 202 body."""
+    import requests
+
+    files = [("images", (Path(p).name, open(p, "rb"), "image/png")) for p in paths]
+    resp = requests.post(f"{url}/api/jobs", headers=user["headers"], files=files, timeout=30)
+    assert resp.status_code == 202, resp.text
+    return resp.json()
 
 
 def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
@@ -301,13 +315,7 @@ class Stack:
         return {"name": name, "token": token, "headers": {"Authorization": f"Bearer {token}"}}
 
     def submit(self, user: dict, paths) -> str:
-        import requests
-
-        files = [("images", (Path(p).name, open(p, "rb"), "image/png")) for p in paths]
-        resp = requests.post(f"{self.web.url}/api/jobs", headers=user["headers"], files=files,
-                             timeout=30)
-        assert resp.status_code == 202, resp.text
-        return resp.json()["task_id"]
+        return submit_job(self.web.url, user, paths)["task_id"]
 
     def close(self) -> None:
         self.procs.stop_all()

@@ -24,7 +24,7 @@ from bridge.commands import STREAM
 from bridge.payloads import SOCKETIO_CHANNEL
 from bridge.store import METRIC_NAMES, SnapshotStore
 from tasks import events as ev
-from tests.support import Watcher, wait_for
+from tests.support import Watcher, submit_job, wait_for
 
 ADMIN_APIS = [("get", "/api/workers"), ("get", "/api/tasks"), ("get", "/api/cluster"),
               ("get", f"/api/tasks/{uuid.uuid4()}"), ("post", f"/api/tasks/{uuid.uuid4()}/cancel"),
@@ -289,13 +289,6 @@ def test_maintenance_api(iso_client, users, rclient):
 
 
 # -- integration: real worker, bridge and web --------------------------------------------------------
-def submit(url: str, user: dict, paths) -> dict:
-    files = [("images", (p.name, open(p, "rb"), "image/png")) for p in paths]
-    resp = requests.post(f"{url}/api/jobs", headers=user["headers"], files=files, timeout=30)
-    assert resp.status_code == 202, resp.text
-    return resp.json()
-
-
 @pytest.fixture()
 def watchers(stack, users):
     made: list[Watcher] = []
@@ -322,7 +315,7 @@ def test_admin_room_gets_job_updates_and_metrics(stack, users, images, watchers,
     assert ack["ok"] is True and set(METRIC_NAMES) <= set(ack["metrics"])
     refused = user.call("join_admin_dashboard", {})
     assert refused["ok"] is False and refused["error"]["code"] == "unauthorized"
-    job = submit(stack, users("alice"), images(3))
+    job = submit_job(stack, users("alice"), images(3))
     task_id = job["task_id"]
     wait_for(lambda: any(j["state"] == "SUCCESS" for j in jobs_of(admin, task_id)), 60,
              what="job_update SUCCESS")
@@ -411,7 +404,7 @@ def test_maintenance_reaches_watchers_and_refuses_new_jobs(stack, users, images,
 
     boss, alice = users("boss", admin=True), users("alice")
     w = watchers("alice")
-    running = submit(stack, alice, [make_image(tmp_path / f"m{i}.png", i, (1600, 1200))
+    running = submit_job(stack, alice, [make_image(tmp_path / f"m{i}.png", i, (1600, 1200))
                                     for i in range(6)])
     assert w.call("join_task", {"task_id": running["task_id"]})["ok"]
     try:
@@ -440,7 +433,7 @@ def test_maintenance_reaches_watchers_and_refuses_new_jobs(stack, users, images,
 
 
 def test_live_metrics_page(stack, users, images):
-    job = submit(stack, users("alice"), images(1))
+    job = submit_job(stack, users("alice"), images(1))
     boss = users("boss", admin=True)
     wait_for(lambda: requests.get(f"{stack}/api/jobs/{job['task_id']}", headers=boss["headers"])
              .json()["state"] == "SUCCESS", 30, what="job done")

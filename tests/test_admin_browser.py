@@ -6,14 +6,11 @@ import os
 import pytest
 import requests
 
-from tests.support import make_image
+from tests.support import CHROMIUM, make_image
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                  reason="headless Chromium not installed at /usr/bin/chromium")]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 PASSWORD = "admin-pass-1"
 
 # Records every state each task row's state cell shows, from before the row exists.
@@ -33,15 +30,6 @@ RECORD_STATES = """
 }
 """
 
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture()

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from bridge import payloads, store
 from bridge.commands import send_cancel
 from web import jobs, metrics
+from web.api import limit_arg
 from web.auth import admin_required, user_required
 from web.errors import ApiError
 from web.maintenance import maintenance_status, set_maintenance
@@ -85,7 +86,7 @@ def list_tasks():
     if len(raw_query) > 155:
         raise ApiError("invalid", "q is at most 155 characters")
     query = raw_query.lower() or None
-    limit = _limit()
+    limit = limit_arg()
     svc = services()
     found: list[dict] = []
     scanned = 0
@@ -232,17 +233,6 @@ def prometheus():
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def _limit(default: int = 100, cap: int = 1000) -> int:
-    raw = request.args.get("limit")
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError("invalid", "limit must be an integer") from None
-    if not 1 <= value <= cap:
-        raise ApiError("invalid", f"limit must be between 1 and {cap}")
-    return value
 
 
 def _redis_read(read):

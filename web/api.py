@@ -19,7 +19,8 @@ from web.uploads import remove_stored, save_uploads
 bp = Blueprint("api", __name__)
 
 
-def _limit(default: int = 100, cap: int = 1000) -> int:
+def limit_arg(default: int = 100, cap: int = 1000) -> int:
+    """The ``?limit=`` query argument (1..cap), or ``invalid``."""
     raw = request.args.get("limit")
     if raw is None or raw == "":
         return default
@@ -71,7 +72,7 @@ def list_jobs():
     all_users = request.args.get("all") in ("1", "true", "yes")
     if all_users and not current_user.is_admin:
         raise ApiError("forbidden", "only admins may list every user's jobs")
-    return jsonify({"jobs": jobs.list_jobs(services(), current_user, all_users, _limit())})
+    return jsonify({"jobs": jobs.list_jobs(services(), current_user, all_users, limit_arg())})
 
 
 def _job_view(task_id: str):

@@ -86,11 +86,20 @@
 
   // ---- maintenance banner ----------------------------------------------
 
+  var maintenanceTimer = null;
+
   /** Server event maintenance_status {active, message, until}. */
   function onMaintenanceStatus(status) {
     var banner = document.getElementById("maintenance-banner");
     if (!banner) return;
+    clearTimeout(maintenanceTimer);
     if (!status || !status.active) { hide(banner); return; }
+    // Nothing is sent when a timed maintenance runs out: hide it ourselves then.
+    if (typeof status.until === "number") {
+      var left = status.until * 1000 - Date.now();
+      if (left <= 0) { hide(banner); return; }
+      maintenanceTimer = setTimeout(function () { hide(banner); }, Math.min(left, 2147483000));
+    }
     var msg = document.getElementById("maintenance-message");
     var until = document.getElementById("maintenance-until");
     var text = status.message || "Skald is in maintenance: new jobs cannot be started; running jobs finish.";
