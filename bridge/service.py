@@ -284,7 +284,7 @@ class Bridge:
         for update in updates:
             out += self.coalescer.offer(update, now)
         out += self.coalescer.due(now)
-        records = [t.record() for t in self.board.take_changed()]
+        records = self.board.take_records()
         if not out and not records and extra is None:
             return
         while True:

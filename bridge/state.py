@@ -56,7 +56,8 @@ class Task:
 
     __slots__ = ("task_id", "name", "state", "job_id", "owner", "current", "total", "failed",
                  "step", "eta", "updated_at", "worker", "received_at", "started_at",
-                 "runtime", "args", "outcome", "cancel_requested", "terminated", "ending")
+                 "runtime", "args", "outcome", "cancel_requested", "terminated", "ending",
+                 "compacted")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
@@ -79,10 +80,17 @@ class Task:
         self.cancel_requested = False
         self.terminated = False
         self.ending: dict | None = None  # {"event", "payload"} once ended
+        self.compacted = False  # ended, stored, and its bulky parts dropped
 
     @property
     def ended(self) -> bool:
         return self.state in TERMINAL
+
+    def compact(self) -> None:
+        """Forget what only the store needs (an ended task is never written again)."""
+        self.ending = self.args = self.outcome = None
+        self.step = sys.intern(self.step)
+        self.compacted = True
 
     def snapshot(self) -> dict:
         return payloads.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
@@ -119,6 +127,8 @@ class Task:
             if key in detail and detail[key] is not None:
                 setattr(task, key, detail[key])
         task.ending = record.get("ending")
+        if task.ended:
+            task.compact()  # the store already holds its final record
         return task
 
 
@@ -171,7 +181,7 @@ class Board:
         self.clock = clock
         self._open: OrderedDict[str, Task] = OrderedDict()
         self._ended: OrderedDict[str, Task] = OrderedDict()
-        self.changed: set[str] = set()  # task ids whose record changed since take_changed()
+        self.changed: set[str] = set()  # task ids whose record changed since take_records()
         self.evicted = 0
         self.ignored = 0
 
@@ -189,11 +199,23 @@ class Board:
         yield from self._open.values()
         yield from self._ended.values()
 
-    def take_changed(self) -> list[Task]:
-        """Tasks changed since the last call (for the store), forgetting evicted ones."""
-        out = [t for tid in self.changed if (t := self.get(tid)) is not None]
+    def take_records(self) -> list[dict]:
+        """Store records of the tasks changed since the last call (evicted ones forgotten).
+
+        An ended task never changes again, so once its final record is taken
+        the bulky parts (ending payload, args, outcome) are dropped from memory:
+        the store holds them. This keeps memory per tracked task small.
+        """
+        records = []
+        for task_id in self.changed:
+            task = self.get(task_id)
+            if task is None or task.compacted:
+                continue
+            records.append(task.record())
+            if task.ended:
+                task.compact()
         self.changed.clear()
-        return out
+        return records
 
     # -- loading -----------------------------------------------------------------
     def load(self, records: Iterable[dict]) -> None:
@@ -269,6 +291,8 @@ class Board:
               total: int = 0) -> list[Update]:
         """Follow a job the web process submitted or someone watches (no emit to its room)."""
         task = self.get(task_id)
+        if task is not None and task.ended:
+            return []
         new = task is None
         if task is None:
             task = self._add(task_id)

@@ -16,7 +16,6 @@ from typing import Callable
 from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init
-from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from settings import Settings, load_settings
@@ -27,14 +26,19 @@ from tasks.captioners import (CaptionCancelled, Captioner, CaptionerUnavailable,
                               ImageUnreadable, get_captioner)
 from tasks.db import dispose_all, session_scope
 from tasks.models import Caption, Job
+from tasks.reporting import EventSender
 
 log = logging.getLogger(__name__)
 
 
+_events = EventSender(app)
+
+
 @worker_process_init.connect
 def _fresh_connections(**_kwargs) -> None:
-    """Pooled DB connections must not cross a fork."""
+    """Pooled DB and broker connections must not cross a fork."""
     dispose_all()
+    _events.reset()
 
 
 @dataclass
@@ -136,16 +140,8 @@ def run_images(task: Task, settings: Settings, job_id: int, captioner: Captioner
             "total": tally.total, "captions": tally.captions, "owner": owner}
 
 
-# One quick reconnect, then give up on this event rather than stall the job.
-_EVENT_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
-
-
 def _send(task: Task, event_type: str, fields: dict) -> None:
-    """Send an event; a broker outage loses the event (events are lossy), not the job."""
-    try:
-        task.send_event(event_type, retry=True, retry_policy=_EVENT_RETRY, **fields)
-    except (OSError, KombuError, RedisError) as exc:
-        log.warning("could not send %s for %s: %s", event_type, task.request.id, exc)
+    _events.send(task.request.hostname, event_type, task.request.id, fields)
 
 
 def _cancel_check(settings: Settings, task_id: str) -> Callable[[], bool]:
@@ -174,6 +170,8 @@ def caption_job(self: Task, job_id: int) -> dict:
     except CaptionerUnavailable as exc:
         _finish(settings, job_id, "FAILURE", "failed", error=str(exc))
         raise
+    finally:
+        _events.flush()  # our events go out before Celery's ending event
     _finish(settings, job_id, "SUCCESS", "done")
     return result
 
@@ -188,4 +186,5 @@ def _cancel(task: Task, settings: Settings, job_id: int) -> None:
     _finish(settings, job_id, "REVOKED", "cancelled")
     _send(task, events.TASK_CANCELLED, events.cancelled_fields(
         completed=completed, total=total, job_id=job_id, owner=owner))
+    _events.flush()  # the bridge hears "cancelled" (with its count) before the backend says so
     task.backend.mark_as_revoked(task.request.id, "cancelled", request=task.request)

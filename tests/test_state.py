@@ -226,10 +226,10 @@ def test_changed_tracks_tasks_for_the_store():
     b, t1, t2 = board(), new_id(), new_id()
     b.apply(sent(t1))
     b.apply(sent(t2))
-    assert {t.task_id for t in b.take_changed()} == {t1, t2}
-    assert b.take_changed() == []
+    assert {r['snapshot']['task_id'] for r in b.take_records()} == {t1, t2}
+    assert b.take_records() == []
     b.apply(started(t1))
-    assert [t.task_id for t in b.take_changed()] == [t1]
+    assert [r['snapshot']['task_id'] for r in b.take_records()] == [t1]
 
 
 # -- our own terminal rule --------------------------------------------------------------------
@@ -594,12 +594,12 @@ def test_open_tasks_are_evicted_least_recently_used_first():
     assert b.evicted == 1
 
 
-def test_evicted_tasks_are_forgotten_by_take_changed():
+def test_evicted_tasks_are_forgotten_by_take_records():
     b = board(max_tasks=2)
     ids = [new_id() for _ in range(4)]
     for tid in ids:
         b.apply(sent(tid))
-    changed = {t.task_id for t in b.take_changed()}
+    changed = {r['snapshot']['task_id'] for r in b.take_records()}
     assert changed == set(ids[-2:])
 
 
@@ -622,7 +622,8 @@ def test_load_restores_tasks_and_keeps_endings():
     assert len(dst) == 2
     assert dst.get(done).state == "SUCCESS"
     assert dst.get(done).snapshot() == src.get(done).snapshot()
-    assert dst.get(done).ending == src.get(done).ending
+    # The store holds an ended task's final record: memory keeps only the state.
+    assert dst.get(done).compacted and dst.get(done).ending is None
     assert dst.get(running).state == "CANCELLING"
     assert dst.get(running).cancel_requested
     assert dst.get(running).current == 2
@@ -869,3 +870,18 @@ def test_track_fills_in_what_events_did_not_say():
     apply_all(b, [started(tid), progress(tid, 1, total=9, owner="ann", job_id=5)])
     assert b.track(tid, job_id=6, owner="bob", total=3) == []
     assert b.get(tid).owner == "ann" and b.get(tid).total == 9
+
+
+def test_ended_tasks_are_compacted_once_recorded_and_never_rewritten():
+    b = board()
+    tid = new_id()
+    apply_all(b, life(tid))
+    records = b.take_records()
+    assert [r["ending"]["event"] for r in records] == ["task_completed"]
+    task = b.get(tid)
+    assert task.compacted and task.ending is None and task.args is None
+    assert task.snapshot()["state"] == "SUCCESS"
+    # Nothing can make it write a record without its ending over the stored one.
+    assert b.track(tid, job_id=1, owner="x", total=4) == []
+    assert b.cancel(tid) == [] and b.apply(progress(tid, 4)) == []
+    assert b.take_records() == []
