@@ -33,7 +33,7 @@ from bridge.commands import CancelRequest, Command, CommandReader, TrackRequest,
 from bridge.emitter import Coalescer, LeaseLost, Ops, Publisher
 from bridge.lease import Lease
 from bridge.queues import QueueProbe
-from bridge.receiver import EventReceiver
+from bridge.receiver import event_reader
 from bridge.state import Board, Update
 from bridge.store import SnapshotStore
 from settings import Settings
@@ -125,7 +125,8 @@ class Bridge:
         self._load_state()
         lost = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(lost,), name="lease", daemon=True)
-        receiver = EventReceiver(self.app, self._enqueue_event, on_connect=self._on_stream_connected)
+        receiver = event_reader(self.app, self.settings.broker_url, self._enqueue_events,
+                                self._on_stream_connected)
         commands = threading.Thread(target=self._commands, args=(lost,), name="commands", daemon=True)
         gauges = threading.Thread(target=self._poll_gauges, args=(lost,), name="gauges", daemon=True)
         renewer.start()
@@ -200,8 +201,8 @@ class Bridge:
         log.info("event stream connected; reconciling open tasks")
         self.queue.put(("reconcile", True))
 
-    def _enqueue_event(self, event: dict) -> None:
-        self.queue.put(("event", event))
+    def _enqueue_events(self, events: list[dict]) -> None:
+        self.queue.put(("events", events))
 
     def _commands(self, lost: threading.Event) -> None:
         backoff = 0.2
@@ -228,17 +229,20 @@ class Bridge:
                 items = [self.queue.get(timeout=max(0.0, min(0.5, wake - now)))]
             except queue.Empty:
                 items = []
-            while items and len(items) < BATCH:
+            size = sum(len(i[1]) if i[0] == "events" else 1 for i in items)
+            while items and size < BATCH:
                 try:
                     items.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
+                size += len(items[-1][1]) if items[-1][0] == "events" else 1
             updates: list[Update] = []
             acks: list[str] = []
             for item in items:
                 kind = item[0]
-                if kind == "event":
-                    updates += self._apply_event(item[1])
+                if kind == "events":
+                    for event in item[1]:
+                        updates += self._apply_event(event)
                 elif kind == "command":
                     updates += self._command(item[1], item[2])
                     acks.append(item[1])
