@@ -18,6 +18,7 @@ from them.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -153,6 +154,10 @@ class Bridge:
                 records += list(self.store.get_many(open_ids).values())
                 self.board.load(records)
                 self._load_cluster()
+                # What was loaded lives long: keep it out of every later
+                # full collection (it holds no reference cycles to collect).
+                gc.collect()
+                gc.freeze()
                 return
             except redis.RedisError as exc:
                 log.warning("cannot load state from Redis (%s); retrying", exc)
