@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
+import orjson
 import redis
 
 from bridge.payloads import TERMINAL_STATES
@@ -73,7 +74,7 @@ class SnapshotStore:
         """Add the commands that store ``record`` to a pipeline."""
         snap = record["snapshot"]
         task_id = snap["task_id"]
-        pipe.set(task_key(task_id), json.dumps(record, separators=(",", ":")), ex=self.ttl)
+        pipe.set(task_key(task_id), orjson.dumps(record), ex=self.ttl)
         pipe.zadd(INDEX_KEY, {task_id: snap.get("updated_at") or 0})
         if snap.get("state") in TERMINAL_STATES:
             pipe.srem(OPEN_KEY, task_id)
@@ -119,8 +120,8 @@ def read_metrics(client: redis.Redis, watchers: int | None = None) -> dict[str, 
     return metrics
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
 
 
 def queue_cluster(ops: Any, *, metrics: dict | None = None, workers: list | None = None,
