@@ -114,12 +114,16 @@ class RedisEventReader(_Reconnecting):
                     continue
                 events: list[dict] = []
                 offset = utcoffset()
-                while message is not None:
-                    if message["type"] == "pmessage":
+                while True:
+                    if message is not None and message["type"] == "pmessage":
                         self._decode(message["data"], events, offset)
-                    if len(events) >= BATCH_MAX:
+                    # Drain what already arrived. A message may be only partly
+                    # here: get_message(timeout=0) would give up in its middle
+                    # (TimeoutError, the parser's place lost), so read a
+                    # waiting message with a blocking read instead.
+                    if len(events) >= BATCH_MAX or not pubsub.connection.can_read(timeout=0):
                         break
-                    message = pubsub.get_message(timeout=0)
+                    message = pubsub.get_message(timeout=None)
                 self._deliver(events)
         finally:
             pubsub.close()
