@@ -18,6 +18,9 @@ def main() -> int:
         return 2
     from bridge.service import Bridge
 
+    from gcpolicy import keep_pauses_short
+
+    keep_pauses_short()  # 100 000 tracked tasks: keep full GC pauses short
     bridge = Bridge(settings)
     signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
     signal.signal(signal.SIGINT, lambda *_: bridge.stop())

@@ -18,7 +18,6 @@ from them.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
@@ -43,7 +42,7 @@ from tasks.app import make_celery
 
 log = logging.getLogger("bridge")
 
-BATCH = 2000               # events applied per publish at most
+BATCH = 500                # events applied per publish at most
 QUEUE_MAX = 200_000        # back-pressure beyond this: Redis then drops us, we reconcile
 RECONCILE_MIN_AGE = 2.0    # s without news before a task is checked against the backend
 TERMINATE_WAIT = 10.0      # s after a terminate before the bridge records the end itself
@@ -123,14 +122,17 @@ class Bridge:
         self.deadlines: dict[str, tuple[float, bool]] = {}
         self.reader = CommandReader(self.client, self.lease.token)
         self.to_reconcile: set[str] = set()
-        self._load_state()
         lost = threading.Event()
+        # Renew from the start: loading 100 000 stored tasks takes longer than the lease.
         renewer = threading.Thread(target=self._renew, args=(lost,), name="lease", daemon=True)
+        renewer.start()
+        self._load_state()
+        if lost.is_set():
+            raise LeaseLost("lease lost while loading state")
         receiver = event_reader(self.app, self.settings.broker_url, self._enqueue_events,
                                 self._on_stream_connected)
         commands = threading.Thread(target=self._commands, args=(lost,), name="commands", daemon=True)
         gauges = threading.Thread(target=self._poll_gauges, args=(lost,), name="gauges", daemon=True)
-        renewer.start()
         receiver.start()
         commands.start()
         gauges.start()
@@ -154,10 +156,6 @@ class Bridge:
                 records += list(self.store.get_many(open_ids).values())
                 self.board.load(records)
                 self._load_cluster()
-                # What was loaded lives long: keep it out of every later
-                # full collection (it holds no reference cycles to collect).
-                gc.collect()
-                gc.freeze()
                 return
             except redis.RedisError as exc:
                 log.warning("cannot load state from Redis (%s); retrying", exc)
@@ -231,28 +229,23 @@ class Bridge:
             wake = min(filter(None, [self.coalescer.next_due(), next_reconcile, next_tick,
                                      *[d for d, _ in self.deadlines.values()]]), default=now + 0.5)
             try:
-                items = [self.queue.get(timeout=max(0.0, min(0.5, wake - now)))]
+                item = self.queue.get(timeout=max(0.0, min(0.5, wake - now)))
             except queue.Empty:
-                items = []
-            size = sum(len(i[1]) if i[0] == "events" else 1 for i in items)
-            while items and size < BATCH:
-                try:
-                    items.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-                size += len(items[-1][1]) if items[-1][0] == "events" else 1
+                item = None
             updates: list[Update] = []
             acks: list[str] = []
-            for item in items:
-                kind = item[0]
-                if kind == "events":
-                    for event in item[1]:
-                        updates += self._apply_event(event)
-                elif kind == "command":
-                    updates += self._command(item[1], item[2])
-                    acks.append(item[1])
-                elif kind == "reconcile":
-                    updates += self._reconcile(all_open=True)
+            handled = 0
+            while item is not None:
+                start = len(updates)
+                handled += self._handle(item, updates, acks)
+                # Publish at once when something ended (endings are never
+                # delayed), else after a batch's worth of events.
+                if handled >= BATCH or any(u.terminal for u in updates[start:]):
+                    break
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    item = None
             if self.to_reconcile:
                 updates += self._reconcile(ids=self.to_reconcile)
                 self.to_reconcile = set()
@@ -269,6 +262,20 @@ class Bridge:
             self._publish(updates, now, extra)
             for msg_id in acks:  # only once handled and published
                 self.reader.ack(msg_id)
+
+    def _handle(self, item: tuple, updates: list[Update], acks: list[str]) -> int:
+        """Apply one queue item; returns how many events (or commands) it held."""
+        kind = item[0]
+        if kind == "events":
+            for event in item[1]:
+                updates += self._apply_event(event)
+            return len(item[1])
+        if kind == "command":
+            updates += self._command(item[1], item[2])
+            acks.append(item[1])
+        elif kind == "reconcile":
+            updates += self._reconcile(all_open=True)
+        return 1
 
     def _tick(self, now: float) -> tuple[list[Update], Ops]:
         """The cluster view's tick, and its state to store (in the same script)."""
@@ -293,7 +300,7 @@ class Bridge:
         for update in updates:
             out += self.coalescer.offer(update, now)
         out += self.coalescer.due(now)
-        records = self.board.take_records()
+        records = self.board.take_records(only={u.task_id for u in out})
         if not out and not records and extra is None:
             return
         while True:

@@ -199,22 +199,29 @@ class Board:
         yield from self._open.values()
         yield from self._ended.values()
 
-    def take_records(self) -> list[dict]:
-        """Store records of the tasks changed since the last call (evicted ones forgotten).
+    def take_records(self, only: set[str] | None = None) -> list[dict]:
+        """Store records of the tasks changed since they were last taken.
+
+        ``only``: take just these tasks (and every ended one); the others stay
+        changed for a later call. The bridge passes the tasks whose updates
+        it emits, so a task's record is written at most as often as its
+        coalesced updates go out, and always with its ending.
 
         An ended task never changes again, so once its final record is taken
         the bulky parts (ending payload, args, outcome) are dropped from memory:
         the store holds them. This keeps memory per tracked task small.
         """
         records = []
-        for task_id in self.changed:
+        for task_id in list(self.changed):
             task = self.get(task_id)
+            if task is not None and not task.ended and only is not None and task_id not in only:
+                continue
+            self.changed.discard(task_id)
             if task is None or task.compacted:
                 continue
             records.append(task.record())
             if task.ended:
                 task.compact()
-        self.changed.clear()
         return records
 
     # -- loading -----------------------------------------------------------------

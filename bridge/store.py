@@ -33,7 +33,7 @@ def _decode(raw: bytes | str | None) -> Record | None:
     if raw is None:
         return None
     try:
-        record = json.loads(raw)
+        record = orjson.loads(raw)
     except ValueError:
         return None
     return record if isinstance(record, dict) and "snapshot" in record else None
@@ -52,12 +52,16 @@ class SnapshotStore:
     def get(self, task_id: str) -> Record | None:
         return _decode(self.client.get(task_key(task_id)))
 
-    def get_many(self, task_ids: Iterable[str]) -> dict[str, Record]:
+    def get_many(self, task_ids: Iterable[str], chunk: int = 1000) -> dict[str, Record]:
+        """Records by id (``MGET`` in chunks, so no single reply is huge)."""
         ids = list(task_ids)
-        if not ids:
-            return {}
-        raws = self.client.mget([task_key(t) for t in ids])
-        return {t: rec for t, raw in zip(ids, raws) if (rec := _decode(raw)) is not None}
+        found: dict[str, Record] = {}
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            for task_id, raw in zip(part, self.client.mget([task_key(t) for t in part])):
+                if (record := _decode(raw)) is not None:
+                    found[task_id] = record
+        return found
 
     def recent(self, limit: int = 100, offset: int = 0) -> list[Record]:
         """Records newest first (by last update)."""

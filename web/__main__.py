@@ -2,10 +2,13 @@
 import sys
 
 if sys.argv[1:2] == ["serve"]:
-    # gevent must patch the standard library before anything else imports it.
-    from gevent import monkey
+    from settings import load_settings
 
-    monkey.patch_all()
+    if load_settings().web_async_mode == "gevent":
+        # gevent must patch the standard library before anything else imports it.
+        from gevent import monkey
+
+        monkey.patch_all()
 
 from web.cli import run  # noqa: E402
 

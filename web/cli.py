@@ -18,11 +18,13 @@ def main() -> None:
 @main.command()
 def serve() -> None:
     """Run the web process (gevent, websocket transport)."""
+    from gcpolicy import keep_pauses_short
     from web import create_app
 
     settings = load_settings()
     app = create_app(settings)
     socketio = app.extensions["socketio"]
+    keep_pauses_short()  # thousands of connections: keep full GC pauses short
     click.echo(f"Skald web on http://{settings.web_host}:{settings.web_port}/", err=True)
     socketio.run(app, host=settings.web_host, port=settings.web_port,
                  log_output=True, allow_unsafe_werkzeug=True)
