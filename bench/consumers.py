@@ -1,0 +1,304 @@
+"""Event consumers under test, one per process: ``python -m bench.consumers KIND``.
+
+KIND:
+
+- ``bridge``: the real :class:`bridge.service.Bridge` (receiver thread, processor,
+  state machine, coalescer, Lua publish of snapshots and Socket.IO messages),
+  exactly what ``python -m bridge`` runs. An event counts once the publish of
+  its batch returned.
+- ``flower``: Flower 2.2.0's own consumer: ``flower.events.Events`` (a Celery
+  ``EventReceiver`` thread handing each event to the tornado IOLoop, which
+  applies it to ``EventsState``: Celery's ``events.state.State`` plus Flower's
+  Prometheus metrics and search index). An event counts once applied.
+- ``redis-raw``: a bare redis-py ``PSUBSCRIBE`` loop that only receives (the
+  ceiling); events = messages x ``--per-msg``.
+- ``redis-decode``: the same plus decoding each message to event dicts.
+
+Prints one JSON line when it stops: after ``--expect`` events, or when no
+event came for ``--idle`` seconds after the first, or after ``--timeout``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import threading
+import time
+
+from settings import load_settings
+
+
+class Stats:
+    def __init__(self, want_lag: bool) -> None:
+        self.count = 0
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+        self.want_lag = want_lag
+        self.lags: list[float] = []
+        self.lock = threading.Lock()
+
+    def report(self, kind: str, **extra) -> dict:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        span = (self.t_last - self.t_first) if self.t_first and self.t_last else None
+        out = {"kind": kind, "count": self.count, "t_first": self.t_first, "t_last": self.t_last,
+               "span": span, "rate": (self.count / span) if span else None,
+               "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kib": ru.ru_maxrss, **extra}
+        if self.want_lag:
+            from bench.common import summary
+
+            out["lag_ms"] = summary(self.lags, 1000.0)
+            step = max(1, len(self.lags) // 400)  # a lag-over-time trace, thinned
+            out["lag_trace"] = [round(x, 4) for x in self.lags[::step]]
+        return out
+
+
+def fix_reader() -> None:
+    """What-if (bench/whatif.py): the RedisEventReader drain loop with whole-message reads.
+
+    Same as ``bridge/receiver.py`` except that, once a message is known to be
+    waiting (``can_read(timeout=0)``), it is read with a blocking read
+    (``get_message(timeout=None)``) instead of ``get_message(timeout=0)``,
+    which raises ``TimeoutError`` when only part of a message has arrived.
+    """
+    from celery.utils.time import utcoffset
+
+    from bridge import receiver as rx
+
+    def _session(self, subscribed):
+        import redis
+
+        client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=5,
+                                      socket_keepalive=True, health_check_interval=0)
+        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        try:
+            pubsub.psubscribe(self.pattern)
+            while not self._stopping.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                if message["type"] == "psubscribe":
+                    subscribed()
+                    self._wake()
+                    continue
+                events: list[dict] = []
+                offset = utcoffset()
+                while message is not None:
+                    if message["type"] == "pmessage":
+                        self._decode(message["data"], events, offset)
+                    if len(events) >= rx.BATCH_MAX or not pubsub.connection.can_read(timeout=0):
+                        break
+                    message = pubsub.get_message(timeout=None)
+                self._deliver(events)
+        finally:
+            pubsub.close()
+            client.close()
+
+    rx.RedisEventReader._session = _session
+
+
+def run_bridge(args, stats: Stats) -> dict:
+    from bridge import service
+    from bridge.service import Bridge
+
+    if args.fix_reader:
+        fix_reader()
+
+    settings = load_settings()
+    bridge = Bridge(settings)
+    receivers: list = []
+    # Keep the event reader the bridge makes (for its reconnect count at the end),
+    # whichever factory this version of bridge/service.py uses.
+    if hasattr(service, "event_reader"):
+        make = service.event_reader
+
+        def recorded(*a, **kw):
+            reader = make(*a, **kw)
+            receivers.append(reader)
+            return reader
+        service.event_reader = recorded
+    elif hasattr(service, "EventReceiver"):
+        class Recorded(service.EventReceiver):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                receivers.append(self)
+        service.EventReceiver = Recorded
+    orig_apply = bridge._apply_event
+    orig_publish = bridge._publish
+    pending: list[float] = []
+
+    def apply(event: dict, *a, **kw):
+        if stats.t_first is None:
+            stats.t_first = time.time()
+        if stats.want_lag:
+            pending.append(event.get("timestamp") or 0.0)
+        stats_apply[0] += 1
+        return orig_apply(event, *a, **kw)
+
+    def publish(*a, **kw):
+        orig_publish(*a, **kw)
+        if stats_apply[0] != stats.count:
+            t = time.time()
+            stats.count = stats_apply[0]
+            stats.t_last = t
+            if pending:
+                stats.lags.extend(t - ts for ts in pending)
+                pending.clear()
+
+    stats_apply = [0]
+    bridge._apply_event = apply
+    bridge._publish = publish
+    thread = threading.Thread(target=bridge.run, name="bridge", daemon=True)
+    thread.start()
+    wait_done(args, stats)
+    bridge.stop()
+    thread.join(5)
+    return {"reconnects": sum(getattr(r, "reconnects", 0) for r in receivers),
+            "reader": type(receivers[0]).__name__ if receivers else None,
+            "applied": bridge.events_applied,
+            "ignored": bridge.board.ignored if bridge.board else None}
+
+
+def run_flower(args, stats: Stats) -> dict:
+    from tornado.ioloop import IOLoop, PeriodicCallback
+
+    from flower.events import Events
+    from tasks.app import make_celery
+
+    app = make_celery(load_settings())
+    loop = IOLoop.current()
+    events = Events(app, loop, enable_events=False, max_tasks_in_memory=args.max_tasks)
+    if args.preload:
+        preload_flower(events.state, args.preload)
+    orig = events.state.event
+
+    def event(e: dict) -> None:
+        orig(e)
+        t = time.time()
+        if stats.t_first is None:
+            stats.t_first = t
+        stats.count += 1
+        stats.t_last = t
+        if stats.want_lag:
+            stats.lags.append(t - (e.get("timestamp") or t))
+
+    events.state.event = event
+    events.start()
+    done = threading.Event()
+    threading.Thread(target=lambda: (wait_done(args, stats), done.set(), loop.add_callback(loop.stop)),
+                     daemon=True).start()
+    PeriodicCallback(lambda: None, 200).start()
+    loop.start()
+    return {"tasks": len(events.state.tasks)}
+
+
+def preload_flower(state, n: int) -> None:
+    """``n`` ended jobs already in Flower's state (sent, received, started, succeeded)."""
+    from bench import stream
+
+    clock = 0
+    keep = {"task-sent", "task-received", "task-started", "task-succeeded"}
+    for type_, fields in stream.interleaved(stream.new_ids(n), 3, concurrent=50):
+        if type_ not in keep:
+            continue
+        clock += 1
+        now = time.time()
+        state.event({"hostname": "bench-worker@localhost", "utcoffset": 0, "pid": 4242,
+                     "clock": clock, **fields, "timestamp": now, "type": type_,
+                     "local_received": now})
+
+
+def run_redis(args, stats: Stats, decode: bool) -> dict:
+    import redis
+
+    from bench.wire import decode as decode_msg
+
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    sub = client.pubsub(ignore_subscribe_messages=True)
+    sub.psubscribe("/0.celeryev/*")
+    stop = threading.Event()
+    per = args.per_msg
+
+    def loop() -> None:
+        n = 0
+        for msg in sub.listen():
+            if msg["type"] != "pmessage":
+                continue
+            t = time.time()
+            if stats.t_first is None:
+                stats.t_first = t
+            if decode:
+                evs = decode_msg(msg["data"])
+                n += len(evs)
+                if stats.want_lag:
+                    stats.lags.extend(t - e["timestamp"] for e in evs)
+            else:
+                n += per
+            stats.count = n
+            stats.t_last = t
+            if stop.is_set():
+                return
+    threading.Thread(target=loop, daemon=True).start()
+    wait_done(args, stats)
+    stop.set()
+    return {}
+
+
+_replayed: list[float] = []  # when the driver said the whole stream was sent
+
+
+def _watch_stdin() -> None:
+    for line in sys.stdin:
+        if line.strip() == "replayed":
+            _replayed.append(time.monotonic())
+
+
+def wait_done(args, stats: Stats) -> None:
+    """Until --expect events, --idle s without news after the first, nothing at all
+    --idle s after the driver's "replayed", or --timeout."""
+    threading.Thread(target=_watch_stdin, daemon=True).start()
+    start = time.monotonic()
+    last_count, last_change = -1, time.monotonic()
+    while time.monotonic() - start < args.timeout:
+        time.sleep(0.05)
+        if args.expect and stats.count >= args.expect:
+            return
+        if stats.count != last_count:
+            last_count, last_change = stats.count, time.monotonic()
+        elif stats.count and time.monotonic() - last_change > args.idle:
+            return
+        if not stats.count and _replayed and time.monotonic() - _replayed[0] > args.idle:
+            return
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["bridge", "flower", "redis-raw", "redis-decode"])
+    parser.add_argument("--expect", type=int, default=0)
+    parser.add_argument("--idle", type=float, default=3.0)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--per-msg", type=int, default=1)
+    parser.add_argument("--max-tasks", type=int, default=100_000)
+    parser.add_argument("--lag", action="store_true")
+    parser.add_argument("--preload", type=int, default=0, help="flower: ended jobs already held")
+    parser.add_argument("--fix-reader", action="store_true",
+                        help="bridge: what-if with the proposed receiver drain-loop fix")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    stats = Stats(args.lag)
+    if args.kind == "bridge":
+        extra = run_bridge(args, stats)
+    elif args.kind == "flower":
+        extra = run_flower(args, stats)
+    else:
+        extra = run_redis(args, stats, decode=args.kind == "redis-decode")
+    print(json.dumps(stats.report(args.kind, pid=os.getpid(), **extra)), flush=True)
+    sys.stdout.flush()
+    os._exit(0)  # daemon threads may sit in blocking reads
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Worker overhead: a caption job's wall time with its progress events on vs off.
+
+Two real workers (``-c 1``) run side by side on their own queues: ``on`` is
+``celery -A bench.timed_worker`` (the Procfile's app; the job's own calls that
+send events are also timed, so that time is measured directly too), ``off`` is
+``celery -A bench.quiet_worker`` (the same without ``task-progress`` events). Jobs alternate
+on/off/on/off, one at a time, so both see the same machine. Wall time is the
+job's own ``started_at`` -> ``finished_at`` in the database (written by
+tasks/caption.py), which does not depend on events. Two kinds of job: many
+small PNGs (the per-image work is tiny, so events weigh most) and photo-sized
+JPEGs (1024x768).
+"""
+from __future__ import annotations
+
+import time
+
+from bench import common, images
+from bench.common import Stack
+from tasks.events import CAPTION_TASK_NAME
+
+
+def make_job(stack: Stack, owner_id: int, paths: list[str]) -> tuple[int, str]:
+    import uuid
+
+    from tasks.db import session_scope
+    from tasks.models import Image, Job
+
+    task_id = str(uuid.uuid4())
+    with session_scope(stack.settings.database_url) as db:
+        job = Job(task_id=task_id, owner_id=owner_id, state="PENDING", total=len(paths),
+                  current_step="queued")
+        job.images = [Image(position=i, name=f"img{i}", path=p, size=0) for i, p in enumerate(paths)]
+        db.add(job)
+        db.flush()
+        return job.id, task_id
+
+
+def wall_time(stack: Stack, job_id: int, timeout: float = 120) -> float:
+    from tasks.db import session_scope
+    from tasks.models import Job
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope(stack.settings.database_url) as db:
+            job = db.get(Job, job_id)
+            if job.finished_at:
+                if job.state != "SUCCESS":
+                    raise RuntimeError(f"job {job_id} ended {job.state}: {job.error}")
+                return job.finished_at - job.started_at
+        time.sleep(0.02)
+    raise TimeoutError(f"job {job_id} did not finish")
+
+
+def run(quick: bool = False) -> dict:
+    from sqlalchemy import select
+
+    from tasks.app import make_celery
+    from tasks.db import session_scope
+    from tasks.models import User
+
+    reps = 3 if quick else 7
+    with Stack() as stack:
+        stack.add_user("bench")
+        with session_scope(stack.settings.database_url) as db:
+            owner = db.scalar(select(User.id).where(User.name == "bench"))
+        small = [str(images.small(stack.dir / f"small{i}.png", i)) for i in range(8)]
+        photo = str(images.photo(stack.dir / "photo.jpg"))
+        kinds = {"small_png_x100": [small[i % 8] for i in range(100)],
+                 "photo_1024x768_x20": [photo] * 20}
+        stack.start_worker("on", extra=["-Q", "bench_on"], app="bench.timed_worker")
+        stack.start_worker("off", extra=["-Q", "bench_off"], app="bench.quiet_worker")
+        app = make_celery(stack.settings)
+        out: dict[str, dict] = {}
+        for kind, paths in kinds.items():
+            walls: dict[str, list[float]] = {"on": [], "off": []}
+            direct: list[float] = []
+            for rep in range(reps + 1):  # the first pair warms both workers up
+                order = ("on", "off") if rep % 2 == 0 else ("off", "on")
+                for mode in order:
+                    job_id, task_id = make_job(stack, owner, paths)
+                    app.send_task(CAPTION_TASK_NAME, args=[job_id], task_id=task_id,
+                                  queue=f"bench_{mode}")
+                    w = wall_time(stack, job_id)
+                    if rep:
+                        walls[mode].append(w)
+                        if mode == "on":
+                            spent = _spent(stack, task_id)
+                            if spent is not None:
+                                direct.append(100.0 * spent / w)
+            on, off = common.median(walls["on"]), common.median(walls["off"])
+            n_img = len(paths)
+            out[kind] = {"images": n_img, "on_s": walls["on"], "off_s": walls["off"],
+                         "median_on_s": round(on, 4), "median_off_s": round(off, 4),
+                         "overhead_pct": round(100.0 * (on - off) / off, 2),
+                         "per_event_ms": round(1000.0 * (on - off) / n_img, 3),
+                         "send_event_share_pct": direct,
+                         "median_send_event_share_pct": round(common.median(direct), 2) if direct else None}
+            print(f"  overhead {kind}: on {on:.3f}s off {off:.3f}s -> "
+                  f"{out[kind]['overhead_pct']}% ({out[kind]['per_event_ms']} ms/event); "
+                  f"send_event share {out[kind]['median_send_event_share_pct']}%", flush=True)
+        out["send_event_cost"] = send_event_cost(stack)
+        return {"results": out, "reps": reps, "machine": common.machine_info(stack.url)}
+
+
+def _spent(stack: Stack, task_id: str) -> float | None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        raw = stack.client().get(f"bench:send_event_s:{task_id}")
+        if raw:
+            return float(raw.split()[0])
+        time.sleep(0.01)
+    return None
+
+
+def send_event_cost(stack: Stack, n: int = 400) -> dict:
+    """Ways to send one ``task-progress``, each timed in isolation (ms per event).
+
+    - ``default_dispatcher_per_event``: what ``task.send_event`` does (a dispatcher
+      from the producer pool per call, then ``send``);
+    - ``dispatcher_reused``: one ``app.events.Dispatcher`` kept for the whole job;
+    - ``redis_publish_same_bytes``: the same message (bench/wire.py) with one
+      cached redis-py client: kombu's Redis transport builds a new ``redis.Redis``
+      client per publish (``Channel.conn_or_acquire`` -> ``_create_client``).
+    """
+    import uuid
+
+    from bench.wire import Wire
+    from tasks.app import make_celery
+    from tasks.events import TASK_PROGRESS, progress_fields
+
+    app = make_celery(stack.settings)
+    fields = progress_fields(current=1, total=10, step="Captioned x", image="x", caption="c" * 90)
+    out = {}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with app.events.default_dispatcher(hostname="bench@localhost") as d:
+            d.send(TASK_PROGRESS, uuid=str(uuid.uuid4()), **fields)
+    out["default_dispatcher_per_event"] = round(1000 * (time.perf_counter() - t0) / n, 3)
+    with app.connection_for_write() as conn, app.events.Dispatcher(conn, hostname="bench@localhost") as d:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            d.send(TASK_PROGRESS, uuid=str(uuid.uuid4()), **fields)
+        out["dispatcher_reused"] = round(1000 * (time.perf_counter() - t0) / n, 3)
+    client = stack.client(0)
+    wire = Wire("bench@localhost")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.publish(*wire.one(TASK_PROGRESS, {"uuid": str(uuid.uuid4()), **fields}))
+    out["redis_publish_same_bytes"] = round(1000 * (time.perf_counter() - t0) / n, 3)
+    out["n"] = n
+    return out

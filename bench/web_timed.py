@@ -1,0 +1,54 @@
+"""``python -m bench.web_timed [--threading]``: ``python -m web serve`` plus a GC-pause log.
+
+Without ``--threading`` it does what ``web/__main__.py`` does for ``serve``
+(gevent's ``monkey.patch_all()`` first). With ``--threading`` it skips the
+patch, so ``WEB_ASYNC_MODE=threading`` runs Werkzeug's threaded server on OS
+threads (``python -m web serve`` always patches, so its "threading" would run
+on greenlets). Either way each garbage collection of 5 ms or more is written to
+stderr as ``BENCH_GC <unix time> <generation> <ms>``.
+"""
+import sys
+
+THREADING = "--threading" in sys.argv
+if not THREADING:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import gc  # noqa: E402
+import time  # noqa: E402
+
+_start = [0.0]
+
+
+def _gc(phase, info):
+    if phase == "start":
+        _start[0] = time.perf_counter()
+        return
+    ms = 1000 * (time.perf_counter() - _start[0])
+    if ms >= 5:
+        sys.stderr.write(f"BENCH_GC {time.time():.3f} {info['generation']} {ms:.1f}\n")
+        sys.stderr.flush()
+
+
+gc.callbacks.append(_gc)
+
+if "--gc-freeze" in sys.argv:
+    # What-if (bench/whatif.py only): every N seconds move every object that
+    # survived so far into the permanent generation, so full collections only
+    # scan what is newer (long-lived connection objects are not rescanned).
+    import threading
+
+    every = float(sys.argv[sys.argv.index("--gc-freeze") + 1])
+
+    def _freezer():
+        while True:
+            time.sleep(every)
+            gc.freeze()
+
+    threading.Thread(target=_freezer, name="gc-freeze", daemon=True).start()
+
+from web.cli import run  # noqa: E402
+
+sys.argv = ["web", "serve"]
+run()
