@@ -6,7 +6,8 @@ CHILD IMPL N``) fed the same events in memory, no I/O:
 - ``bridge``: ``bridge.state.Board`` plus the ``Coalescer`` and the
   ``take_records()`` pass of the processor, in batches of 2 000 as
   ``Bridge._process`` does; ``task-succeeded`` carries ``results`` as the
-  service adds them from the result backend.
+  service adds them from the result backend. The process runs the GC policy
+  of ``python -m bridge`` (``gcpolicy.keep_pauses_short``).
 - ``flower``: ``flower.events.EventsState`` (Celery's ``State`` plus Flower's
   metrics and search index), ``max_tasks_in_memory`` = N, fed the same events.
 
@@ -71,8 +72,11 @@ def child(impl: str, n: int, trace: bool) -> dict:
         from bridge.emitter import Coalescer
         from bridge.state import Board
 
+        from gcpolicy import keep_pauses_short
+
         board = Board(max_tasks=max(n, 1))
         coalescer = Coalescer(0.1)
+        keep_pauses_short()  # the GC policy `python -m bridge` runs with
 
         def feed(batch: list[dict]) -> None:
             now = time.time()
