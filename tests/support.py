@@ -179,6 +179,19 @@ class EventLog:
     def start(self) -> "EventLog":
         self._thread.start()
         assert self._ready.wait(10), "event receiver did not start"
+        # "Consuming" can come before the broker really delivers to us (kombu
+        # subscribes on the first poll on Redis): wait until a probe arrives.
+        import uuid
+
+        probe = f"probe-{uuid.uuid4()}"
+        deadline = time.monotonic() + 15
+        while not self.for_task(probe):
+            assert time.monotonic() < deadline, "event receiver never got its probe"
+            with self.app.events.default_dispatcher(hostname="probe@test") as dispatcher:
+                dispatcher.send("task-probe", uuid=probe)
+            wait_until = time.monotonic() + 0.3
+            while time.monotonic() < wait_until and not self.for_task(probe):
+                time.sleep(0.01)
         return self
 
     def _run(self) -> None:
