@@ -55,56 +55,9 @@ class Stats:
         return out
 
 
-def fix_reader() -> None:
-    """What-if (bench/whatif.py): the RedisEventReader drain loop with whole-message reads.
-
-    Same as ``bridge/receiver.py`` except that, once a message is known to be
-    waiting (``can_read(timeout=0)``), it is read with a blocking read
-    (``get_message(timeout=None)``) instead of ``get_message(timeout=0)``,
-    which raises ``TimeoutError`` when only part of a message has arrived.
-    """
-    from celery.utils.time import utcoffset
-
-    from bridge import receiver as rx
-
-    def _session(self, subscribed):
-        import redis
-
-        client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=5,
-                                      socket_keepalive=True, health_check_interval=0)
-        pubsub = client.pubsub(ignore_subscribe_messages=False)
-        try:
-            pubsub.psubscribe(self.pattern)
-            while not self._stopping.is_set():
-                message = pubsub.get_message(timeout=1.0)
-                if message is None:
-                    continue
-                if message["type"] == "psubscribe":
-                    subscribed()
-                    self._wake()
-                    continue
-                events: list[dict] = []
-                offset = utcoffset()
-                while message is not None:
-                    if message["type"] == "pmessage":
-                        self._decode(message["data"], events, offset)
-                    if len(events) >= rx.BATCH_MAX or not pubsub.connection.can_read(timeout=0):
-                        break
-                    message = pubsub.get_message(timeout=None)
-                self._deliver(events)
-        finally:
-            pubsub.close()
-            client.close()
-
-    rx.RedisEventReader._session = _session
-
-
 def run_bridge(args, stats: Stats) -> dict:
     from bridge import service
     from bridge.service import Bridge
-
-    if args.fix_reader:
-        fix_reader()
 
     settings = load_settings()
     bridge = Bridge(settings)
@@ -284,8 +237,6 @@ def main() -> int:
     parser.add_argument("--max-tasks", type=int, default=100_000)
     parser.add_argument("--lag", action="store_true")
     parser.add_argument("--preload", type=int, default=0, help="flower: ended jobs already held")
-    parser.add_argument("--fix-reader", action="store_true",
-                        help="bridge: what-if with the proposed receiver drain-loop fix")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     stats = Stats(args.lag)

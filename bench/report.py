@@ -12,7 +12,7 @@ RESULTS = BENCH / "RESULTS.md"
 
 def load() -> dict[str, dict]:
     out = {}
-    for name in ("run", "ingest", "latency", "watchers", "memory", "cancel", "overhead", "whatif"):
+    for name in ("run", "ingest", "latency", "watchers", "memory", "cancel", "overhead"):
         path = OUT / f"{name}.json"
         if path.exists():
             try:
@@ -86,7 +86,7 @@ def render(d: dict[str, dict]) -> str:
         + ")" + (f", orjson {machine['orjson']}" if machine.get("orjson") else "") + f", python-socketio {machine.get('python-socketio')}, "
         f"Flask-SocketIO {machine.get('Flask-SocketIO')}, gevent {machine.get('gevent')}, "
         f"aiohttp {machine.get('aiohttp')} (bench clients), py-spy {machine.get('py-spy')}")
-    other = [n for n in ("ingest", "latency", "watchers", "memory", "cancel", "overhead", "whatif")
+    other = [n for n in ("ingest", "latency", "watchers", "memory", "cancel", "overhead")
              if n in d and (d[n].get("command") != run.get("command")
                             or d[n].get("finished", "") > run.get("finished", "~"))]
     if other:
@@ -103,9 +103,6 @@ def render(d: dict[str, dict]) -> str:
             add(f"## {name}\n\nFailed in this run: `{data.get('error')}`")
             continue
         add(fn(data))
-    if d.get("whatif", {}).get("ok"):
-        add("")
-        add(_whatif(d["whatif"]))
     add("")
     add(_levers(d))
     return "\n".join(L) + "\n"
@@ -454,49 +451,6 @@ def _overhead(x: dict) -> str:
                  f"{sc.get('default_dispatcher_per_event')} ms; one Dispatcher reused "
                  f"{sc.get('dispatcher_reused')} ms; the same bytes with one cached redis-py client "
                  f"{sc.get('redis_publish_same_bytes')} ms.")
-    return "\n".join(L)
-
-
-def _whatif(x: dict) -> str:
-    L = _dated("What-if experiments (`python -m bench.run --only whatif`)", x)
-    L.append("Shipped code and a bench-only variant of one proposed lever, side by side in one run "
-             "(see bench/whatif.py).")
-    L.append("")
-    rf = x.get("reader_fix") or {}
-    if rf:
-        L.append("| single-stream ingest | median ev/s | applied per round | rounds with reader warnings |")
-        L.append("|---|---|---|---|")
-        for label, ts in rf["trials"].items():
-            L.append(f"| {label} | {f(rf['median_rate'][label])} | "
-                     f"{', '.join(f(t['count']) for t in ts)} of {f(ts[0]['sent'])} | "
-                     f"{sum(1 for t in ts if t['warnings'])} |")
-        L.append("")
-        v = rf.get("fixed_vs_flower")
-        L.append(f"Bridge with the reader fix / Flower: **{'n/a' if v is None else f'{v:.2f}x'}**.")
-        L.append("")
-        p = rf.get("profile") or {}
-        if p.get("samples"):
-            L.append(f"py-spy of the bridge with the reader fix, single stream ({p['samples']} samples, "
-                     f"{f(p.get('rate_while_profiled'))} ev/s while profiled), inclusive %: "
-                     + ", ".join(f"`{n}` {v_}" for n, v_ in p.get("inclusive", [])[:18])
-                     + ". Self: " + ", ".join(f"`{n}` {v_}" for n, v_ in p.get("self", [])[:8]))
-            L.append("")
-    w = x.get("web_gc_freeze") or {}
-    if w:
-        L.append("| web process at 5 000 gevent watchers | connected | delivery p50 / p99 / max ms | "
-                 "web GC pauses >=5 ms | longest web GC pause ms |")
-        L.append("|---|---|---|---|---|")
-        for label, r in w.items():
-            dm = r["delivery_ms"]
-            L.append(f"| {label} | {r['connected']:,} | {f(dm['p50'])} / {f(dm['p99'])} / {f(dm['max'])} | "
-                     f"{r['web_gc_pauses_ge_5ms']} | {f(r['web_gc_max_ms'])} |")
-        L.append("")
-    r = x.get("restart_renewing") or {}
-    if r:
-        L.append("| bridge restart on a full store | became active | lost the lease | watched s |")
-        L.append("|---|---|---|---|")
-        for label, v in r.items():
-            L.append(f"| {label} | {v['became_active']}x | {v['lost_lease']}x | {v['watch_s']} |")
     return "\n".join(L)
 
 

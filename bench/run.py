@@ -18,17 +18,16 @@ import traceback
 from bench import common, report
 
 ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead"]
-OPTIONAL = ["whatif"]  # only with --only (it would take the suite past 10 minutes)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
-    parser.add_argument("--only", default="", help=f"comma-separated subset of {ORDER + OPTIONAL}")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {ORDER}")
     parser.add_argument("--no-report", action="store_true", help="do not rewrite RESULTS.md")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or ORDER
-    unknown = set(names) - set(ORDER) - set(OPTIONAL)
+    unknown = set(names) - set(ORDER)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     common.raise_nofile()

@@ -33,21 +33,6 @@ def _gc(phase, info):
 
 gc.callbacks.append(_gc)
 
-if "--gc-freeze" in sys.argv:
-    # What-if (bench/whatif.py only): every N seconds move every object that
-    # survived so far into the permanent generation, so full collections only
-    # scan what is newer (long-lived connection objects are not rescanned).
-    import threading
-
-    every = float(sys.argv[sys.argv.index("--gc-freeze") + 1])
-
-    def _freezer():
-        while True:
-            time.sleep(every)
-            gc.freeze()
-
-    threading.Thread(target=_freezer, name="gc-freeze", daemon=True).start()
-
 from web.cli import run  # noqa: E402
 
 sys.argv = ["web", "serve"]
