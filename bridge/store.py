@@ -89,9 +89,6 @@ class SnapshotStore:
         """Keep the index within ``max_tasks`` (oldest updates dropped)."""
         pipe.zremrangebyrank(INDEX_KEY, 0, -self.max_tasks - 1)
 
-    def forget_open(self, task_id: str) -> None:
-        self.client.srem(OPEN_KEY, task_id)
-
 
 # -- cluster state (written by the bridge each metrics tick, read by web and a restarted bridge)
 METRICS_KEY = "skald:cluster:metrics"

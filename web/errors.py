@@ -34,11 +34,6 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-def error_response(code: str, message: str, status: int | None = None):
-    err = ApiError(code, message, status)
-    return jsonify(err.body()), err.status
-
-
 def wants_json() -> bool:
     return (request.path.startswith("/api/") or request.path in ("/healthz", "/metrics")
             or request.accept_mimetypes.best == "application/json")
