@@ -208,6 +208,21 @@ class EventLog:
     def for_task(self, task_id: str) -> list[dict]:
         return [e for e in list(self.events) if e.get("uuid") == task_id]
 
+    def job_sequence(self, task_id: str, timeout: float = 30) -> list[str]:
+        """Event types of a finished job in arrival order, ``task-sent`` checked and left out.
+
+        ``task-sent`` comes from the publisher's own connection, so it may
+        arrive after the worker's first events; it must come exactly once.
+        """
+        from tasks import events
+
+        seq = wait_for(lambda: (e := self.for_task(task_id)) and
+                       {events.TASK_SENT, events.TASK_SUCCEEDED} <= {x["type"] for x in e} and e,
+                       timeout, what=f"the events of {task_id}")
+        types = [e["type"] for e in seq]
+        assert types.count(events.TASK_SENT) == 1, types
+        return [t for t in types if t != events.TASK_SENT]
+
     def stop(self) -> None:
         self._recv.should_stop = True
         self._thread.join(5)

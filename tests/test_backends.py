@@ -65,11 +65,9 @@ def test_whole_job_and_revoke_on_rabbitmq(settings, tmp_path):
         app = create_app(amqp)
         headers = make_user(amqp.database_url, "rabbit")
         task_id = run_job(app, headers, 3)
-        seq = wait_for(lambda: (e := log.for_task(task_id)) and e[-1]["type"] == events.TASK_SUCCEEDED
-                       and e, 60, what="task-succeeded over amqp")
-        types = [e["type"] for e in seq]
-        assert types == [events.TASK_SENT, events.TASK_RECEIVED, events.TASK_STARTED,
-                         *[events.TASK_PROGRESS] * 3, events.TASK_SUCCEEDED]
+        assert log.job_sequence(task_id, timeout=60) == [
+            events.TASK_RECEIVED, events.TASK_STARTED, *[events.TASK_PROGRESS] * 3,
+            events.TASK_SUCCEEDED]
         # A revoke over amqp reaches the worker: a queued job is dropped unrun.
         from tasks.app import make_celery
 
