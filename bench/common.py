@@ -218,34 +218,12 @@ class Stack:
     def start_bridge_timed(self, stats: Path, name: str = "bridge"):
         """The bridge under bench/bridge_timed.py (SIGUSR1 writes its step timings to ``stats``)."""
         env = {**self.env, "BENCH_BRIDGE_STATS": str(stats)}
-        proc = self.procs.start(name, [PY, "-m", "bench.bridge_timed"], env)
-        wait_for(lambda: "bridge active" in proc.log() or not proc.alive(), 30,
-                 what=f"bridge {name}")
-        assert proc.alive(), proc.log()
-        return proc
+        return self.procs.start_bridge(name, env, [PY, "-m", "bench.bridge_timed"])
 
     def start_web(self, name: str = "web", env: dict[str, str] | None = None,
                   argv: list[str] | None = None):
         """``python -m web serve`` (or ``argv``) on a free port; returns the Proc (``.url``)."""
-        if argv is None:
-            return self.procs.start_web(name, {**self.env, **(env or {})}, free_port())
-        import requests
-
-        port = free_port()
-        full = {**self.env, **(env or {}), "WEB_PORT": str(port), "WEB_HOST": "127.0.0.1"}
-        proc = self.procs.start(name, argv, full)
-
-        def up() -> bool:
-            if not proc.alive():
-                return True
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-        wait_for(up, 30, what=f"web {name}")
-        assert proc.alive(), proc.log()
-        proc.url = f"http://127.0.0.1:{port}"
-        return proc
+        return self.procs.start_web(name, {**self.env, **(env or {})}, free_port(), argv)
 
     def start_worker(self, name: str, concurrency: int = 1, extra: list[str] | None = None,
                      app: str = "worker", env: dict[str, str] | None = None):

@@ -26,13 +26,12 @@ Rules:
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from bridge.state import ADMIN_ROOM, RANK, Update
+from bridge.state import ADMIN_ROOM, RANK, Update, as_number
 from tasks import events as ev
 
 ADMIN_ALERT = "admin_alert"
@@ -57,16 +56,6 @@ WORKERS_PUSHED = 200       # workers carried by each system_metrics_update
 RATE_WINDOW = 10           # s over which events_per_second is averaged
 IDLE_AFTER = 2.0           # s without events (and nothing waiting) before lag reads 0
 ENDED_KEPT = 10_000        # ended task ids remembered to ignore duplicate endings
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 class Rate:
@@ -119,11 +108,11 @@ class Worker:
             return None
         worker = cls(host[:255])
         worker.online = bool(data.get("online"))
-        worker.last_heartbeat = worker.seen_at = _num(data.get("last_heartbeat")) or 0.0
-        worker.active = int(_num(data.get("active")) or 0)
-        worker.processed = int(_num(data.get("processed")) or 0)
+        worker.last_heartbeat = worker.seen_at = as_number(data.get("last_heartbeat")) or 0.0
+        worker.active = int(as_number(data.get("active")) or 0)
+        worker.processed = int(as_number(data.get("processed")) or 0)
         worker.loadavg = _loadavg(data.get("loadavg"))
-        worker.freq = _num(data.get("freq")) or 2.0
+        worker.freq = as_number(data.get("freq")) or 2.0
         worker.sw_ver = str(data.get("sw_ver") or "")[:40]
         reason = data.get("offline_reason")
         worker.offline_reason = reason if isinstance(reason, str) else None
@@ -133,7 +122,7 @@ class Worker:
 def _loadavg(value: Any) -> list[float]:
     if not isinstance(value, (list, tuple)):
         return []
-    return [round(n, 2) for n in (_num(v) for v in value[:3]) if n is not None]
+    return [round(n, 2) for n in (as_number(v) for v in value[:3]) if n is not None]
 
 
 class Cluster:
@@ -206,7 +195,7 @@ class Cluster:
             kind = etype if etype in KNOWN_EVENTS else OTHER
             self.event_totals[kind] = self.event_totals.get(kind, 0) + 1
             self._events.add(now)
-            stamp = _num(event.get("timestamp"))
+            stamp = as_number(event.get("timestamp"))
             if stamp is not None:
                 self.lag = max(0.0, now - stamp)
             self._last_applied = now
@@ -384,10 +373,10 @@ class Cluster:
         worker.online = True
         worker.offline_reason = None
         worker.last_heartbeat = worker.seen_at = now
-        worker.active = int(_num(event.get("active")) or 0)
-        worker.processed = int(_num(event.get("processed")) or worker.processed)
+        worker.active = int(as_number(event.get("active")) or 0)
+        worker.processed = int(as_number(event.get("processed")) or worker.processed)
         worker.loadavg = _loadavg(event.get("loadavg")) or worker.loadavg
-        worker.freq = _num(event.get("freq")) or worker.freq
+        worker.freq = as_number(event.get("freq")) or worker.freq
         worker.sw_ver = str(event.get("sw_ver") or worker.sw_ver)[:40]
         self.workers_changed = True
         if new:
@@ -408,15 +397,15 @@ class Cluster:
         if not isinstance(task_id, str) or not task_id or task_id in self._ended:
             return []
         name = event.get("name") if isinstance(event.get("name"), str) else None
-        stamp = _num(event.get("timestamp")) or now
+        stamp = as_number(event.get("timestamp")) or now
         if etype == ev.TASK_REJECTED and event.get("requeue"):
             return []
-        if etype == ev.TASK_CANCELLED and _num(event.get(ev.CANCELLED_MARKER_FIELD)) is None:
+        if etype == ev.TASK_CANCELLED and as_number(event.get(ev.CANCELLED_MARKER_FIELD)) is None:
             return []  # Celery's own: the task goes back to the queue
         state = _EVENT_STATE.get(etype)
         if state is None:
             return []
-        runtime = _num(event.get("runtime")) if etype == ev.TASK_SUCCEEDED else None
+        runtime = as_number(event.get("runtime")) if etype == ev.TASK_SUCCEEDED else None
         started = stamp if etype == ev.TASK_STARTED else None
         return self._transition(task_id, state, name, now, runtime, burst=not reconciled,
                                 started=started, stamp=stamp)
@@ -575,7 +564,7 @@ class Cluster:
         def counts(items: Any) -> Iterable[tuple[str, str, int]]:
             for item in items if isinstance(items, list) else []:
                 if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                        and isinstance(item[1], str) and _num(item[2]) is not None):
+                        and isinstance(item[1], str) and as_number(item[2]) is not None):
                     yield item[0], item[1], int(item[2])
 
         for state, name, n in counts(stats.get("tasks_total")):
@@ -589,20 +578,20 @@ class Cluster:
             for name, entry in runtimes.items():
                 if (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], list)
                         and len(entry[0]) == len(RUNTIME_BUCKETS) + 1):
-                    self.runtimes[self._name(name)] = [[int(_num(b) or 0) for b in entry[0]],
-                                                       _num(entry[1]) or 0.0, int(_num(entry[2]) or 0)]
+                    self.runtimes[self._name(name)] = [[int(as_number(b) or 0) for b in entry[0]],
+                                                       as_number(entry[1]) or 0.0, int(as_number(entry[2]) or 0)]
         now = self.clock()
         self._roll_day(now)
         if stats.get("day") == self.day:
-            self.completed_today = int(_num(stats.get("completed_today")) or 0)
-            self.failed_today = int(_num(stats.get("failed_today")) or 0)
-            self.revoked_today = int(_num(stats.get("revoked_today")) or 0)
+            self.completed_today = int(as_number(stats.get("completed_today")) or 0)
+            self.failed_today = int(as_number(stats.get("failed_today")) or 0)
+            self.revoked_today = int(as_number(stats.get("revoked_today")) or 0)
 
 
 def _int_items(value: Any) -> Iterable[tuple[str, int]]:
     if isinstance(value, dict):
         for key, n in value.items():
-            if isinstance(key, str) and _num(n) is not None:
+            if isinstance(key, str) and as_number(n) is not None:
                 yield key, int(n)
 
 

@@ -60,20 +60,23 @@ class Bridge:
         self.store = SnapshotStore(self.client, settings.snapshot_ttl_seconds, settings.bridge_max_tasks)
         self.lease = Lease(self.client, settings.leader_ttl_seconds)
         self.stop_event = threading.Event()
-        self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_MAX)
-        self.board = Board(settings.bridge_max_tasks, clock)
-        self.cluster = self._new_cluster()
-        self.coalescer = Coalescer(settings.coalesce_ms / 1000.0)
         self.events_applied = 0
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        """Fresh in-memory state: at start, and each time this bridge becomes active."""
+        s = self.settings
+        self.board = Board(s.bridge_max_tasks, self.clock)
+        self.cluster = Cluster(offline_after=s.worker_offline_after, failure_burst=s.failure_burst,
+                               failure_window=s.failure_window, queue_backlog=s.queue_backlog,
+                               lag_alert=s.bridge_lag_alert, backlog_alert=s.bridge_backlog_alert,
+                               max_open=s.bridge_max_tasks, clock=self.clock)
+        self.coalescer = Coalescer(s.coalesce_ms / 1000.0)
+        self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_MAX)
         # (queue lengths or None, watchers) from the gauges thread; swapped whole.
         self.gauges: tuple[dict[str, int] | None, int] | None = None
-
-    def _new_cluster(self) -> Cluster:
-        s = self.settings
-        return Cluster(offline_after=s.worker_offline_after, failure_burst=s.failure_burst,
-                       failure_window=s.failure_window, queue_backlog=s.queue_backlog,
-                       lag_alert=s.bridge_lag_alert, backlog_alert=s.bridge_backlog_alert,
-                       max_open=s.bridge_max_tasks, clock=self.clock)
+        self.deadlines: dict[str, tuple[float, bool]] = {}
+        self.to_reconcile: set[str] = set()
 
     # -- leadership ------------------------------------------------------------
     def run(self) -> None:
@@ -113,15 +116,9 @@ class Bridge:
 
     # -- active ------------------------------------------------------------------
     def _run_active(self) -> None:
-        self.board = Board(self.settings.bridge_max_tasks, self.clock)
-        self.cluster = self._new_cluster()
-        self.gauges = None
-        self.coalescer = Coalescer(self.settings.coalesce_ms / 1000.0)
-        self.queue = queue.Queue(QUEUE_MAX)
+        self._reset_state()
         self.publisher = Publisher(self.client, self.store, self.lease.key, self.lease.token)
-        self.deadlines: dict[str, tuple[float, bool]] = {}
         self.reader = CommandReader(self.client, self.lease.token)
-        self.to_reconcile: set[str] = set()
         lost = threading.Event()
         # Renew from the start: loading 100 000 stored tasks takes longer than the lease.
         renewer = threading.Thread(target=self._renew, args=(lost,), name="lease", daemon=True)
@@ -326,6 +323,10 @@ class Bridge:
                     results = None
                 if results is not None:
                     event = {**event, "results": results}
+        return self._apply(event)
+
+    def _apply(self, event: dict) -> list[Update]:
+        """Feed one event to the task state machine and the cluster view."""
         try:
             updates = self.board.apply(event)
         except Exception:  # noqa: BLE001 - one bad event must not stop the bridge
@@ -418,5 +419,5 @@ class Bridge:
             if event is not None:
                 log.info("reconciled the ending of %s from the result backend (%s)",
                          task_id, meta.get("status"))
-                updates += self.board.apply(event) + self.cluster.apply(event)
+                updates += self._apply(event)
         return updates

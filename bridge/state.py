@@ -159,7 +159,8 @@ def parse_exception(text: str | None) -> tuple[str, str]:
     return type_.rsplit(".", 1)[-1], message
 
 
-def _num(value: Any, default: float | None = None) -> float | None:
+def as_number(value: Any, default: float | None = None) -> float | None:
+    """A finite number from an event field, else ``default`` (bools, text, NaN, huge ints)."""
     if isinstance(value, bool):
         return default
     if isinstance(value, (int, float)):
@@ -257,7 +258,7 @@ class Board:
             task = self._add(task_id)
         else:
             self._touch(task)
-        stamp = _num(event.get("timestamp"), None) or self.clock()
+        stamp = as_number(event.get("timestamp"), None) or self.clock()
         out = handler(self, task, event, stamp)
         if out is None:  # nothing changed (or the event was malformed)
             self.ignored += 1
@@ -356,17 +357,17 @@ class Board:
         return None
 
     def _on_progress(self, task: Task, event: dict, stamp: float) -> list[Update] | None:
-        current = _num(event.get("current"))
-        total = _num(event.get("total"))
+        current = as_number(event.get("current"))
+        total = as_number(event.get("total"))
         if current is None or total is None or current < 0 or total < 0:
             return None
         if int(current) < task.current:  # stale or duplicate
             return None
         task.worker = task.worker or event.get("hostname")
         task.current, task.total = int(current), int(total)
-        task.failed = int(_num(event.get("failed"), task.failed) or 0)
+        task.failed = int(as_number(event.get("failed"), task.failed) or 0)
         task.step = _trim(event.get("step")) or task.step
-        eta = _num(event.get("eta"))
+        eta = as_number(event.get("eta"))
         task.eta = round(eta, 1) if eta is not None and eta >= 0 else None
         if isinstance(event.get("job_id"), int) and not isinstance(event["job_id"], bool):
             task.job_id = event["job_id"]
@@ -382,14 +383,14 @@ class Board:
         return [update]
 
     def _on_succeeded(self, task: Task, event: dict, stamp: float) -> list[Update] | None:
-        task.runtime = _num(event.get("runtime"), task.runtime)
+        task.runtime = as_number(event.get("runtime"), task.runtime)
         results = event.get("results")
         if not isinstance(results, dict):
             results = {"count": 0, "failed": task.failed, "captions": []}
             task.outcome = _trim(event.get("result"))
         else:
-            task.failed = int(_num(results.get("failed"), task.failed) or 0)
-            total = _num(results.get("total"))
+            task.failed = int(as_number(results.get("failed"), task.failed) or 0)
+            total = as_number(results.get("total"))
             if total is not None:
                 task.total = int(total)
             task.outcome = f"{results.get('count', 0)} captions, {task.failed} failed"
@@ -414,7 +415,7 @@ class Board:
         return self._finish(task, "REVOKED", completed=max(0, task.current - task.failed))
 
     def _on_cancelled(self, task: Task, event: dict, stamp: float) -> list[Update] | None:
-        completed = _num(event.get(ev.CANCELLED_MARKER_FIELD))
+        completed = as_number(event.get(ev.CANCELLED_MARKER_FIELD))
         if ev.CANCELLED_MARKER_FIELD in event and (completed is None or completed < 0):
             return None  # ours, but malformed
         if completed is None:
@@ -422,7 +423,7 @@ class Board:
             # goes back to the queue, so this is no ending.
             task.step = "requeued after a lost connection"
             return []
-        total = _num(event.get("total"))
+        total = as_number(event.get("total"))
         if total is not None:
             task.total = int(total)
         task.step = "cancelled"

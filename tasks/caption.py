@@ -180,8 +180,7 @@ def _cancel(task: Task, settings: Settings, job_id: int) -> None:
     """Keep what was made, tell the bridge, and end REVOKED."""
     with session_scope(settings.database_url) as db:
         job = db.get(Job, job_id)
-        completed = sum(1 for img in job.images if img.caption is not None and img.caption.error is None)
-        total = len(job.images)
+        completed, total = job.done - job.failed, job.total  # kept current image by image
         owner = job.owner.name
     _finish(settings, job_id, "REVOKED", "cancelled")
     _send(task, events.TASK_CANCELLED, events.cancelled_fields(

@@ -56,6 +56,12 @@ def submit_job(url: str, user: dict, paths) -> dict:
     return resp.json()
 
 
+def csrf_token(client) -> str:
+    """The CSRF token of a Flask test client's session, read off the login form."""
+    page = client.get("/login").get_data(as_text=True)
+    return page.split('name="csrf_token" value="')[1].split('"')[0]
+
+
 def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
              what: str = "condition"):
     deadline = time.monotonic() + timeout
@@ -135,18 +141,21 @@ class ProcessSet:
         assert proc.alive(), proc.log()
         return proc
 
-    def start_bridge(self, name: str, env: dict[str, str]) -> Proc:
-        proc = self.start(name, [sys.executable, "-m", "bridge"], env)
+    def start_bridge(self, name: str, env: dict[str, str], argv: list[str] | None = None) -> Proc:
+        """``python -m bridge`` (or ``argv``), once its event stream is connected."""
+        proc = self.start(name, argv or [sys.executable, "-m", "bridge"], env)
         wait_for(lambda: "event stream connected" in proc.log() or not proc.alive(), 30,
                  what=f"bridge {name}")
         assert proc.alive(), proc.log()
         return proc
 
-    def start_web(self, name: str, env: dict[str, str], port: int) -> Proc:
+    def start_web(self, name: str, env: dict[str, str], port: int,
+                  argv: list[str] | None = None) -> Proc:
+        """``python -m web serve`` (or ``argv``) on ``port``, once /healthz answers."""
         import requests
 
         env = {**env, "WEB_PORT": str(port), "WEB_HOST": "127.0.0.1"}
-        proc = self.start(name, [sys.executable, "-m", "web", "serve"], env)
+        proc = self.start(name, argv or [sys.executable, "-m", "web", "serve"], env)
 
         def up() -> bool:
             if not proc.alive():
@@ -275,6 +284,11 @@ class Watcher:
 
     def wait_ending(self, task_id: str, timeout: float = 60):
         return wait_for(lambda: self.endings(task_id), timeout, what=f"ending of {task_id}")
+
+    def wait_progress(self, task_id: str, at_least: int, timeout: float = 60) -> None:
+        """Until an event of ``task_id`` says ``at_least`` of its images are done."""
+        wait_for(lambda: any(d.get("current", 0) >= at_least for _, d in self.events(task_id)),
+                 timeout, what=f"{at_least} images of {task_id}")
 
     def close(self) -> None:
         try:

@@ -7,6 +7,7 @@ import uuid
 import pytest
 from PIL import Image
 
+from tests.support import csrf_token
 from web import create_app
 
 
@@ -141,11 +142,10 @@ def test_captions_format_and_healthz(client, users):
 
 
 def test_session_post_needs_csrf(client, users):
-    u = users("sessiony", password="correct horse")
+    users("sessiony", password="correct horse")
     resp = client.post("/login", data={"username": "sessiony", "password": "correct horse"})
     assert resp.status_code == 400  # no CSRF token
-    page = client.get("/login").get_data(as_text=True)
-    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    token = csrf_token(client)
     resp = client.post("/login", data={"username": "sessiony", "password": "correct horse",
                                        "csrf_token": token})
     assert resp.status_code == 302
@@ -161,8 +161,7 @@ def test_session_post_needs_csrf(client, users):
 
 def test_wrong_password(client, users):
     users("pw-user", password="right-password")
-    page = client.get("/login").get_data(as_text=True)
-    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    token = csrf_token(client)
     resp = client.post("/login", data={"username": "pw-user", "password": "wrong",
                                        "csrf_token": token})
     assert resp.status_code == 401

@@ -57,8 +57,7 @@ def test_bridge_killed_mid_run_and_restarted(make_stack, tmp_path):
     tids = [stack.submit(user, pictures(tmp_path, 6, prefix=f"j{j}-")) for j in range(5)]
     w = watch_all(stack, user, tids)
     try:
-        wait_for(lambda: any(d.get("current", 0) >= 1 for _, d in w.events(tids[0])), 60,
-                 what="first progress")
+        w.wait_progress(tids[0], 1)
         bridge = stack.procs.procs[1]
         bridge.kill()  # SIGKILL: no goodbye, the lease stays until it expires
         time.sleep(1.0)
@@ -76,8 +75,7 @@ def test_two_bridges_standby_takes_over_without_duplicates(make_stack, tmp_path)
     tids = [stack.submit(user, pictures(tmp_path, 6, prefix=f"k{j}-")) for j in range(4)]
     w = watch_all(stack, user, tids)
     try:
-        wait_for(lambda: any(d.get("current", 0) >= 1 for _, d in w.events(tids[0])), 60,
-                 what="first progress")
+        w.wait_progress(tids[0], 1)
         active = stack.procs.procs[1]
         killed_at = time.monotonic()
         active.kill()
@@ -95,8 +93,7 @@ def test_worker_killed_mid_job_is_redelivered_and_completes(make_stack, tmp_path
     tid = stack.submit(user, pictures(tmp_path, 30, size=(2400, 1800)))
     w = watch_all(stack, user, [tid])
     try:
-        wait_for(lambda: any(d.get("current", 0) >= 2 for _, d in w.events(tid)), 60,
-                 what="two images done")
+        w.wait_progress(tid, 2)
         first_worker = stack.procs.procs[0]
         stack.procs.start_worker("fw-second", stack.env, stack.settings, concurrency=1)
         first_worker.kill()  # the whole worker, mid-job: its message was never acked
@@ -117,8 +114,7 @@ def test_redis_restart_mid_run(make_stack, tmp_path):
     tid = stack.submit(user, pictures(tmp_path, 40, size=(2400, 1800)))
     w = watch_all(stack, user, [tid])
     try:
-        wait_for(lambda: any(d.get("current", 0) >= 2 for _, d in w.events(tid)), 60,
-                 what="two images done")
+        w.wait_progress(tid, 2)
         stack.restart_redis(down_for=1.0)
         ending = w.wait_ending(tid, 120)
         assert [n for n, _ in ending] == ["task_completed"]

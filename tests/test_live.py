@@ -76,8 +76,7 @@ def test_cancel_mid_job(stack, users, tmp_path, watcher_for):
     task_id = job["task_id"]
     w = watcher_for("alice")
     assert w.call("join_task", {"task_id": task_id})["ok"]
-    wait_for(lambda: any(d.get("current", 0) >= 1 for n, d in w.events(task_id)
-                         if n == "progress_update"), 60, what="first image")
+    w.wait_progress(task_id, 1)
     ack = w.call("cancel_task", {"task_id": task_id})
     assert ack == {"ok": True, "state": "CANCELLING"}
     ending = w.wait_ending(task_id, 30)
@@ -106,8 +105,7 @@ def test_cancel_made_while_bridge_down_is_honoured(stack, users, tmp_path, procs
     w = Watcher(stack, alice["token"]).connect()
     try:
         w.call("join_task", {"task_id": task_id})
-        wait_for(lambda: any(d.get("current", 0) >= 1 for n, d in w.events(task_id)
-                             if n == "progress_update"), 60, what="first image")
+        w.wait_progress(task_id, 1)
         bridge.stop()
         resp = requests.post(f"{stack}/api/jobs/{task_id}/cancel", headers=alice["headers"])
         assert resp.status_code == 202 and resp.json() == {"task_id": task_id, "state": "CANCELLING"}
@@ -147,7 +145,7 @@ def test_two_web_processes_share_rooms(stack, users, images, procs, env):
 
 
 def test_socket_rejects_bad_input_and_keeps_the_connection(stack, users, images, watcher_for):
-    alice, bob = users("alice"), users("bob")
+    _alice, bob = users("alice"), users("bob")
     w = watcher_for("alice")
     for payload in ["not-an-object", 42, None, [], {"task_id": "nope"},
                     {"task_id": "0" * 20000}, {"task_id": "6f1c1f64-6a6b-4f7e-9f55-2f0b2f3b6a51", "x": 1}]:

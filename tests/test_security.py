@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.support import Watcher, wait_for
+from tests.support import Watcher, csrf_token, wait_for
 
 CODES = {"invalid", "unauthorized", "not_found", "conflict", "too_large", "unsupported",
          "rate_limited", "unavailable", "forbidden", "maintenance"}
@@ -51,8 +51,7 @@ def test_secret_key_file_is_private(tmp_path, settings):
 
 def test_cookies_are_flagged(app, client, users):
     users("cookie-user", password="cookie-pass")
-    page = client.get("/login").get_data(as_text=True)
-    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    token = csrf_token(client)
     resp = client.post("/login", data={"username": "cookie-user", "password": "cookie-pass",
                                        "csrf_token": token})
     cookie = resp.headers.get("Set-Cookie", "")

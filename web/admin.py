@@ -2,7 +2,7 @@
 
 Everything here reads what the bridge stored in Redis (``bridge/store.py``);
 the web process writes only the maintenance flag and cancel requests (the same
-``send_cancel`` command path as a watcher's cancel).
+``jobs.queue_cancel``, the same path as a watcher's cancel).
 
 Admin API errors follow the contract: ``401 unauthorized`` without a login,
 ``403 forbidden`` for a user who is not an admin, ``400 invalid`` for a bad
@@ -20,7 +20,6 @@ from flask_login import current_user
 from redis.exceptions import RedisError
 
 from bridge import payloads, store
-from bridge.commands import send_cancel
 from web import jobs, metrics
 from web.api import limit_arg
 from web.auth import admin_required, user_required
@@ -164,10 +163,7 @@ def cancel_task(task_id: str):
         state = record["snapshot"].get("state")
         if state in payloads.TERMINAL_STATES:
             raise ApiError("conflict", f"the task already ended ({state})")
-        try:
-            send_cancel(svc.redis, task_id, current_user.name)
-        except RedisError as exc:
-            raise ApiError("unavailable", "cannot reach Redis to cancel; try again") from exc
+        jobs.queue_cancel(svc, task_id, current_user.name)
     return jsonify({"task_id": task_id, "state": "CANCELLING"}), 202
 
 

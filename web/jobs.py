@@ -22,7 +22,7 @@ from tasks.events import CAPTION_TASK_NAME
 from tasks.models import Caption, Image, Job, User
 from web.errors import ApiError
 from web.services import Services
-from web.uploads import StoredImage, remove_stored
+from web.uploads import StoredImage
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,13 @@ def request_cancel(svc: Services, job: Job, owner: str, by: str) -> dict:
     snap = live_snapshot(job, owner, record)
     if snap["state"] in payloads.TERMINAL_STATES:
         raise ApiError("conflict", f"the job already ended ({snap['state']})")
+    queue_cancel(svc, job.task_id, by)
+    return {**snap, "state": "CANCELLING"}
+
+
+def queue_cancel(svc: Services, task_id: str, by: str) -> None:
+    """Hand a cancel to the bridge (flag, revoke, terminate after the grace period)."""
     try:
-        send_cancel(svc.redis, job.task_id, by)
+        send_cancel(svc.redis, task_id, by)
     except RedisError as exc:
         raise ApiError("unavailable", "cannot reach Redis to cancel; try again") from exc
-    return {**snap, "state": "CANCELLING"}
