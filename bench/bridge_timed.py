@@ -7,8 +7,8 @@ goes between the broker and the Socket.IO channel:
 - ``receive``: the event's send timestamp -> the receiver thread hands it over
   (Redis pub/sub, kombu, decoding, waiting for the GIL);
 - ``queue``: handed over -> the processor applies it (waiting behind the batch);
-- ``apply``: ``_apply_event`` (state machine; for a caption job's
-  ``task-succeeded`` the result-backend read, timed apart as ``results_read``);
+- ``apply``: ``_apply_event`` (the state machine);
+- ``results_read``: the result-backend read for the caption jobs a batch ends;
 - ``publish``: the batch's Lua script (store writes + Socket.IO messages);
 - per iteration: ``reconcile``, ``tick``, GC pauses (``gc.callbacks``).
 

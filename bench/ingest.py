@@ -201,8 +201,8 @@ def processor_breakdown(stack: Stack, n_tasks: int = 1000) -> dict:
     ``Board.apply`` + ``Coalescer`` + record pass (``state``), plus the real
     ``Publisher.send`` Lua script with only the Socket.IO messages (``emits``),
     only the store records (``records``), both (``full``), and both plus one
-    result-backend read per finished caption job (``full+results``, what
-    ``Bridge._apply_event`` adds), in batches of 20 and 200 events (the
+    result-backend read per batch of finished caption jobs (``full+results``,
+    what ``Bridge._caption_results`` adds), in batches of 20 and 200 events (the
     processor's batch is whatever queued up meanwhile). Microseconds per event.
     """
     from bridge.emitter import Coalescer, Publisher
@@ -228,9 +228,12 @@ def processor_breakdown(stack: Stack, n_tasks: int = 1000) -> dict:
             for i in range(0, len(events), batch):
                 now = time.time()
                 updates = []
-                for e in events[i:i + batch]:
-                    if mode == "full+results" and e["type"] == "task-succeeded":
-                        client.get(f"celery-task-meta-{e['uuid']}")
+                part = events[i:i + batch]
+                if mode == "full+results":  # one MGET per batch, as Bridge._caption_results
+                    ended = [e["uuid"] for e in part if e["type"] == "task-succeeded"]
+                    if ended:
+                        client.mget([f"celery-task-meta-{t}" for t in ended])
+                for e in part:
                     updates += board.apply(e)
                 emit = []
                 for u in updates:

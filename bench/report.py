@@ -263,7 +263,7 @@ def _ingest(x: dict) -> str:
         L.append("**The bridge's processor alone** (in-process, same stream, real `Publisher` Lua "
                  "script; microseconds per event; `state` = Board + coalescer + record pass, "
                  "`emits` / `records` = the script with only Socket.IO messages / only store writes, "
-                 "`full+results` adds the per-job result-backend read):")
+                 "`full+results` adds the result-backend read, one `MGET` per batch):")
         L.append("")
         modes = list(next(iter(pb.values())).keys())
         L.append("| batch | " + " | ".join(modes) + " |")
@@ -323,7 +323,7 @@ def _latency(x: dict) -> str:
     L.append("")
     L.append("Inside the bridge (bench/bridge_timed.py wrappers, ms; p50 / p99 / max): `receive` = "
              "send timestamp -> handed over by the receiver thread; `queue` = waiting for the processor; "
-             "`results_read` = result-backend read per finished caption job; `publish` = one Lua script; "
+             "`results_read` = result-backend read for the caption jobs a batch ends; `publish` = one Lua script; "
              "`terminal wait` = a terminal event's apply -> end of its batch's publish; `batch` = events "
              "per processor iteration.")
     L.append("")

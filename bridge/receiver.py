@@ -3,8 +3,8 @@
 Two readers of the same stream, picked by the broker:
 
 - :class:`RedisEventReader` (Redis broker): subscribes to the event exchange's
-  pub/sub channels itself and decodes kombu's envelope with orjson, handing
-  over every event already waiting in one batch. Celery's ``Receiver`` does
+  pub/sub channels itself, parses the replies with hiredis and decodes kombu's
+  envelope with orjson, handing over every event already read in one batch. Celery's ``Receiver`` does
   the same work per message through kombu's virtual transport, several times
   slower (``bench/RESULTS.md``).
 - :class:`KombuEventReceiver` (any other broker, e.g. RabbitMQ): Celery's own
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import logging
+import socket
 import threading
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import hiredis
 import orjson
 import redis
 from celery import Celery
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
 BATCH_MAX = 2000  # events handed over at once at most
+READ_SIZE = 1 << 20  # bytes read from the socket at once (about 1 000 single events)
+IDLE_WAIT = 1.0  # s a read waits before checking for a stop request
 EXCHANGE = "celeryev"
 
 Sink = Callable[[list[dict]], None]
@@ -99,34 +103,45 @@ class RedisEventReader(_Reconnecting):
         self.pattern = f"/{db}.{EXCHANGE}/*"
 
     def _session(self, subscribed: Callable[[], None]) -> None:
+        # redis-py opens the connection (TCP, unix socket or TLS; AUTH, SELECT);
+        # from PSUBSCRIBE on, the replies are read straight off the socket with
+        # hiredis's parser: redis-py's PubSub spends more per message than the
+        # bridge's decoding does (bench/LEVERS.md).
         client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=5,
                                       socket_keepalive=True, health_check_interval=0)
-        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        conn = client.connection_pool.make_connection()
         try:
-            pubsub.psubscribe(self.pattern)
+            conn.connect()
+            conn.send_command("PSUBSCRIBE", self.pattern)
+            sock = conn._sock
+            sock.settimeout(IDLE_WAIT)  # so a stop request is noticed while idle
+            parser = hiredis.Reader()
+            buffer = bytearray(READ_SIZE)
             while not self._stopping.is_set():
-                message = pubsub.get_message(timeout=1.0)
-                if message is None:
+                try:
+                    n = sock.recv_into(buffer)
+                except socket.timeout:
                     continue
-                if message["type"] == "psubscribe":
-                    subscribed()
-                    self._wake()
-                    continue
+                if n == 0:
+                    raise ConnectionError("the broker closed the connection")
+                parser.feed(buffer, 0, n)
                 events: list[dict] = []
                 offset = utcoffset()
-                while True:
-                    if message is not None and message["type"] == "pmessage":
-                        self._decode(message["data"], events, offset)
-                    # Drain what already arrived. A message may be only partly
-                    # here: get_message(timeout=0) would give up in its middle
-                    # (TimeoutError, the parser's place lost), so read a
-                    # waiting message with a blocking read instead.
-                    if len(events) >= BATCH_MAX or not pubsub.connection.can_read(timeout=0):
-                        break
-                    message = pubsub.get_message(timeout=None)
+                while (reply := parser.gets()) is not False:
+                    if isinstance(reply, Exception):
+                        raise ConnectionError(f"the broker refused: {reply}")
+                    kind = reply[0] if isinstance(reply, list) and reply else None
+                    if kind == b"pmessage" and len(reply) == 4:
+                        self._decode(reply[3], events, offset)
+                        if len(events) >= BATCH_MAX:
+                            self._deliver(events)
+                            events = []
+                    elif kind == b"psubscribe":
+                        subscribed()
+                        self._wake()
                 self._deliver(events)
         finally:
-            pubsub.close()
+            conn.disconnect()
             client.close()
 
     def _wake(self) -> None:

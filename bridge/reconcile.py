@@ -65,11 +65,14 @@ def ending_event(task_id: str, meta: dict) -> dict | None:
     return None
 
 
-def caption_results(app: Celery, task_id: str) -> dict | None:
-    """A caption job's return value (``count``, ``failed``, ``captions``) from the backend."""
-    meta = backend_metas(app, [task_id]).get(task_id)
-    result = (meta or {}).get("result")
-    return result if isinstance(result, dict) and "captions" in result else None
+def caption_results(app: Celery, task_ids: Iterable[str]) -> dict[str, dict]:
+    """Caption jobs' return values (``count``, ``failed``, ``captions``) from the backend."""
+    out = {}
+    for task_id, meta in backend_metas(app, task_ids).items():
+        result = meta.get("result")
+        if isinstance(result, dict) and "captions" in result:
+            out[task_id] = result
+    return out
 
 
 def _timestamp(value: Any) -> float | None:

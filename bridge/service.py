@@ -264,8 +264,9 @@ class Bridge:
         """Apply one queue item; returns how many events (or commands) it held."""
         kind = item[0]
         if kind == "events":
+            results = self._caption_results(item[1])
             for event in item[1]:
-                updates += self._apply_event(event)
+                updates += self._apply_event(event, results)
             return len(item[1])
         if kind == "command":
             updates += self._command(item[1], item[2])
@@ -311,18 +312,33 @@ class Bridge:
                 if self.stop_event.wait(0.5):
                     return
 
-    def _apply_event(self, event: dict) -> list[Update]:
+    def _caption_results(self, events: list[dict]) -> dict[str, dict]:
+        """The return values of the caption jobs these events end, in one read.
+
+        The ending's payload carries the captions; the event only has their
+        repr, so they come from the result backend (one ``MGET`` per batch).
+        """
+        ids = []
+        for event in events:
+            if event.get("type") == ev.TASK_SUCCEEDED and "results" not in event:
+                task = self.board.get(event.get("uuid", ""))
+                if task is None or (task.name == ev.CAPTION_TASK_NAME and not task.ended):
+                    ids.append(event.get("uuid"))
+        if not ids:
+            return {}
+        try:
+            return reconcile.caption_results(self.app, ids)
+        except Exception as exc:  # noqa: BLE001 - the endings go out regardless
+            log.warning("cannot read the results of %d jobs: %s", len(ids), exc)
+            return {}
+
+    def _apply_event(self, event: dict, results: dict[str, dict] | None = None) -> list[Update]:
         self.events_applied += 1
-        if event.get("type") == ev.TASK_SUCCEEDED and "results" not in event:
+        if results and event.get("type") == ev.TASK_SUCCEEDED and "results" not in event:
             task = self.board.get(event.get("uuid", ""))
-            if task is not None and task.name == ev.CAPTION_TASK_NAME and not task.ended:
-                try:
-                    results = reconcile.caption_results(self.app, task.task_id)
-                except Exception as exc:  # noqa: BLE001 - the ending goes out regardless
-                    log.warning("cannot read results of %s: %s", task.task_id, exc)
-                    results = None
-                if results is not None:
-                    event = {**event, "results": results}
+            found = results.get(event.get("uuid"))
+            if found is not None and task is not None and task.name == ev.CAPTION_TASK_NAME:
+                event = {**event, "results": found}
         return self._apply(event)
 
     def _apply(self, event: dict) -> list[Update]:
