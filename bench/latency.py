@@ -7,8 +7,11 @@ to a quarter of the jobs' rooms) may join them. bench/producer.py plays the
 workers at 100, 1 000 and 5 000 events/s for a few seconds: each job sends
 ``task-received``, ``task-started``, progress per image and ``task-succeeded``
 over a quarter of the run, jobs staggered. Below 2 000 events/s the producer
-is Celery's own ``Dispatcher.send``; at 5 000 it sends the same bytes
-(bench/wire.py) because one Dispatcher cannot go that fast.
+sends as a Skald worker does (Celery's ``Dispatcher.send`` for the lifecycle
+events, ``RedisEventWire`` for progress); at 1 000 also every event through
+the Dispatcher, and as pipelined bytes (bench/wire.py), to show what the
+producer's own CPU costs on two shared cores; at 5 000 only the pipelined
+bytes, because one Dispatcher cannot go that fast.
 
 Latency of a receipt = receipt time - the ``updated_at`` of its payload, which
 is the timestamp of the newest event it carries (set by the sender). A tap on
@@ -71,7 +74,7 @@ def analyse(receipts: list[list], t0: float, tap: Tap | None) -> dict:
     prog, term, prog_emit, term_emit, prog_bridge, term_bridge = [], [], [], [], [], []
     for code, task_id, _current, updated, t_recv in receipts:
         if not isinstance(updated, (int, float)) or updated < t0:
-            continue  # the snapshot sent on join, not a live update
+            continue  # the snapshot sent on join (before the first send), not a live update
         lat = t_recv - updated
         (term if code in TERMINAL else prog).append(lat)
         if tap is not None:
@@ -163,7 +166,7 @@ def level(stack: Stack, token: str, web_url: str, rate: int, seconds: float, mod
         common.send_line(client, "quit") if client.poll() is None else None
         common.stop_child(client)
         common.stop_child(producer)
-    res = analyse(got, sent["t0"] - 1.0, tap)
+    res = analyse(got, sent["t0"], tap)  # every live update is newer than the first send
     res.update({"rate": rate, "mode": mode, "seconds": seconds, "tasks": n_tasks,
                 "images_per_task": n_images, "events": ready["events"],
                 "sent_rate": round(sent["rate"]), "producer_late_p99_ms": sent["late_p99_ms"],
@@ -174,9 +177,9 @@ def level(stack: Stack, token: str, web_url: str, rate: int, seconds: float, mod
 
 def run(quick: bool = False) -> dict:
     seconds = 4.0 if quick else 5.0
-    levels = [(100, "celery"), (1000, "celery"), (5000, "wire")]
-    if not quick:
-        levels.insert(2, (1000, "wire"))  # same rate, other producer: shows they agree
+    levels = [(100, "worker"), (1000, "worker"), (5000, "wire")]
+    if not quick:  # same rate, other producers: what the producer itself costs
+        levels[2:2] = [(1000, "celery"), (1000, "wire")]
     with Stack() as stack:
         token = stack.add_user("bench")
         stats_path = stack.dir / "bridge-steps.json"
@@ -188,14 +191,19 @@ def run(quick: bool = False) -> dict:
         try:
             for rate, mode in levels:
                 res = level(stack, token, web.url, rate, seconds, mode, bridge.popen.pid,
-                            web.popen.pid, tap, profile=(not quick and rate == 1000 and mode == "celery"),
-                            stats_path=stats_path)
+                            web.popen.pid, tap, stats_path=stats_path)
                 out.append(res)
                 print(f"  latency {rate:5d}/s ({mode:6s}): progress p50 {res['progress_ms']['p50']} "
                       f"p99 {res['progress_ms']['p99']} ms; terminal p50 {res['terminal_ms']['p50']} "
                       f"p99 {res['terminal_ms']['p99']} max {res['terminal_ms']['max']} ms "
                       f"({res['endings_received']}/{res['tasks']} endings)", flush=True)
+            # Profiles come from a level of their own: py-spy takes CPU from the same
+            # two cores, so the levels above are measured without it.
+            profiled = None if quick else level(
+                stack, token, web.url, 1000, seconds, "worker", bridge.popen.pid, web.popen.pid,
+                tap, profile=True, stats_path=stats_path)
         finally:
             tap.stop()
         return {"levels": out, "coalesce_ms": stack.settings.coalesce_ms,
+                "profiles": profiled["profiles"] if profiled else {},
                 "machine": common.machine_info(stack.url)}

@@ -6,9 +6,13 @@ starts spread evenly over ``seconds - span`` (or ``ticks``: progress only,
 ``per_second`` per task, for the watcher benchmark). Events are sent at their
 time, stamped when sent, by:
 
-- ``celery``: Celery's own ``app.events.Dispatcher.send`` (the code under
-  ``task.send_event``), one event per message; about 2 000 events/s at most
-  from one process here (kombu builds a redis-py client per publish);
+- ``worker``: what a Skald worker sends: the lifecycle events (received,
+  started, succeeded) through Celery's own ``app.events.Dispatcher.send``, the
+  ``task-progress`` events through ``tasks.reporting.RedisEventWire`` (one
+  redis-py ``PUBLISH`` each, as the caption job's background sender does);
+- ``celery``: every event through Celery's ``Dispatcher.send`` (the code under
+  plain ``task.send_event``), one event per message; about 2 000 events/s at
+  most from one process here (kombu builds a redis-py client per publish);
 - ``wire``: the same bytes built by bench/wire.py and pipelined, for higher rates.
 
 Prints ``{"ready"}``, waits for ``go`` on stdin, sends, prints a JSON summary.
@@ -60,16 +64,26 @@ def main(path: str) -> None:
     from settings import load_settings
 
     settings = load_settings()
-    if mode == "celery":
+    if mode in ("celery", "worker"):
         from tasks.app import make_celery
+        from tasks.reporting import RedisEventWire
 
         app = make_celery(settings)
         conn = app.connection_for_write()
-        disp = app.events.Dispatcher(conn, hostname="bench-worker@localhost")
+        host = "bench-worker@localhost"
+        disp = app.events.Dispatcher(conn, hostname=host)
+        progress = RedisEventWire(settings.broker_url) if mode == "worker" else None
+        clock = 0
 
         def send(batch):
+            nonlocal clock
             for _, type_, fields in batch:
-                disp.send(type_, **fields)
+                if progress is not None and type_ == ev.TASK_PROGRESS:
+                    clock += 1
+                    rest = {k: v for k, v in fields.items() if k != "uuid"}
+                    progress.publish(host, type_, fields["uuid"], rest, clock)
+                else:
+                    disp.send(type_, **fields)
     else:
         import redis
 
