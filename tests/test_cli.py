@@ -71,3 +71,19 @@ def test_ctrl_c_offers_to_cancel(env, stack, users, tmp_path):
     assert "cancelled after" in out
     snap = requests.get(f"{stack}/api/jobs/{task_id}", headers=headers).json()
     assert snap["state"] == "REVOKED" and snap["current"] < 40
+
+
+def test_served_connections_send_without_nagle_delay():
+    """`web serve` (gevent) turns Nagle's algorithm off on every accepted connection."""
+    import socket
+
+    from web.cli import _no_delay_handler
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()):
+        conn, address = server.accept()
+        with conn:
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            handler = _no_delay_handler()(conn, address, server=None)
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            handler.rfile.close()
