@@ -9,7 +9,7 @@ time, stamped when sent, by:
 - ``worker``: what a Skald worker sends: the lifecycle events (received,
   started, succeeded) through Celery's own ``app.events.Dispatcher.send``, the
   ``task-progress`` events through ``tasks.reporting.RedisEventWire`` (one
-  redis-py ``PUBLISH`` each, as the caption job's background sender does);
+  ``PUBLISH`` each with replies off, as a caption job sends them);
 - ``celery``: every event through Celery's ``Dispatcher.send`` (the code under
   plain ``task.send_event``), one event per message; about 2 000 events/s at
   most from one process here (kombu builds a redis-py client per publish);

@@ -435,7 +435,9 @@ def _cancel(x: dict) -> str:
 def _overhead(x: dict) -> str:
     L = _dated("Worker overhead of progress events", x)
     L.append(f"Two real workers side by side (`-c 1`), jobs alternating on/off, {x['reps']} each "
-             "after a warm-up pair; wall = the job's `started_at` -> `finished_at`.")
+             "after a warm-up pair; wall = the job's `started_at` -> `finished_at`; A/B overhead = "
+             "the median over reps of on/off - 1 (each rep's two jobs ran back to back), the ratio "
+             "of the medians in brackets.")
     L.append("")
     L.append("| job | median on s | median off s | A/B overhead | per progress event | time the job's "
              "thread spends sending events (direct, median) |")
@@ -444,7 +446,8 @@ def _overhead(x: dict) -> str:
         if kind == "send_event_cost":
             continue
         L.append(f"| {kind} | {f(r['median_on_s'], 3)} | {f(r['median_off_s'], 3)} | "
-                 f"{f(r['overhead_pct'], 1)}% | {f(r['per_event_ms'], 2)} ms | "
+                 f"{f(r['overhead_pct'], 1)}% ({f(r.get('overhead_of_medians_pct'), 1)}%) | "
+                 f"{f(r['per_event_ms'], 2)} ms | "
                  f"{f(r.get('median_send_event_share_pct'), 1)}% of wall |")
     sc = x["results"].get("send_event_cost")
     if sc:

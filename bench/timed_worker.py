@@ -1,12 +1,16 @@
-"""The worker with the time a caption job spends sending events measured (bench/overhead.py only).
+"""The worker bench/overhead.py runs: ``celery -A bench.timed_worker worker -Q bench_on,bench_off``.
 
-``celery -A bench.timed_worker worker``: the same app and tasks as ``worker.py``;
-the calls a job makes on its own thread to send events (tasks/caption.py's
-``_send`` and ``_events.flush``, or ``Task.send_event`` in an older version) run
-unchanged inside a ``perf_counter`` pair. After the task returned
-(``task_postrun``, outside the job's own ``started_at``/``finished_at``) the
-job's total is stored at ``bench:send_event_s:<task_id>`` in Redis. Work done
-by a background sending thread is not in this figure (it shows in the A/B).
+The same app and tasks as ``worker.py``, with two changes for the A/B:
+
+- jobs taken from the ``bench_off`` queue send no ``task-progress`` events
+  (Celery's own task events and ``task-cancelled`` still go out), so on and
+  off jobs run in the same process, one after the other;
+- the calls a job makes on its own thread to send events (tasks/caption.py's
+  ``_send`` and ``_events.flush``) run inside a ``perf_counter`` pair. After the
+  task returned (``task_postrun``, outside the job's own ``started_at``/
+  ``finished_at``) the job's total is stored at ``bench:send_event_s:<task_id>``
+  in Redis. Work the job causes elsewhere (Redis, the other core) is not in
+  this figure (it shows in the A/B).
 """
 import time
 
@@ -16,7 +20,9 @@ from settings import load_settings
 from tasks import caption
 from tasks.app import app
 from tasks.cancel import redis_client
+from tasks.events import TASK_PROGRESS
 
+QUIET_QUEUE = "bench_off"
 _spent: dict[str, list[float]] = {}
 
 
@@ -37,12 +43,17 @@ def _timed(fn):
     return wrapped
 
 
-if hasattr(caption, "_send"):
-    caption._send = _timed(caption._send)
-    if hasattr(caption, "_events") and hasattr(caption._events, "flush"):
-        caption._events.flush = _timed(caption._events.flush)
-else:  # an older tasks/caption.py that calls task.send_event directly
-    caption.caption_job.send_event = _timed(caption.caption_job.send_event)
+def _quiet_off_queue(send):
+    def wrapped(task, event_type, *args, **kwargs):
+        if event_type == TASK_PROGRESS and \
+                (task.request.delivery_info or {}).get("routing_key") == QUIET_QUEUE:
+            return None
+        return send(task, event_type, *args, **kwargs)
+    return wrapped
+
+
+caption._send = _timed(_quiet_off_queue(caption._send))
+caption._events.flush = _timed(caption._events.flush)
 
 
 @task_postrun.connect

@@ -1,6 +1,8 @@
 """Job events reach Celery's own event receiver the same through both senders."""
 from __future__ import annotations
 
+import time
+
 from tasks.app import make_celery
 from tasks.reporting import EventSender, RedisEventWire
 from tests.support import EventLog, wait_for
@@ -39,5 +41,56 @@ def test_sender_queues_then_flushes_in_order(settings):
         got = wait_for(lambda: len(log.for_task("ordered")) == 50 and log.for_task("ordered"), 10,
                        what="50 events")
         assert [e["current"] for e in got] == list(range(50))
+    finally:
+        log.stop()
+
+
+def test_wire_drops_events_quickly_while_the_broker_is_away(settings):
+    from devstack import free_port
+
+    wire = RedisEventWire(f"redis://127.0.0.1:{free_port()}/0")
+    started = time.monotonic()
+    for i in range(100):
+        wire.publish("w3@h", "task-progress", "away", {**FIELDS, "current": i}, i)
+    assert time.monotonic() - started < 1.0  # one refused connect, then no more tries
+    assert wire.dropped == 100
+    assert wire.barrier() is True  # nothing was sent: nothing to wait for
+
+
+def test_wire_waits_for_replies_where_reply_off_is_refused(settings):
+    class Refusing(RedisEventWire):
+        REPLY_OFF = ("CLIENT", "REPLY", "NEVER")  # what a server without the mode answers
+
+    log = EventLog(settings).start()
+    try:
+        wire = Refusing(settings.broker_url)
+        for i in range(5):
+            wire.publish("w4@h", "task-progress", "refused", {**FIELDS, "current": i}, i)
+        assert wire.dropped == 0 and wire.barrier() is True
+        got = wait_for(lambda: len(log.for_task("refused")) == 5 and log.for_task("refused"), 10,
+                       what="5 events")
+        assert [e["current"] for e in got] == list(range(5))
+    finally:
+        log.stop()
+
+
+def test_wire_reconnects_after_the_connection_drops(settings):
+    import redis
+
+    log = EventLog(settings).start()
+    try:
+        wire = RedisEventWire(settings.broker_url)
+        wire.RETRY_AFTER = 0.0
+        wire.publish("w5@h", "task-progress", "reconnect", {**FIELDS, "current": 1}, 1)
+        assert wire.barrier()
+        client = redis.Redis.from_url(settings.broker_url)
+        killed = [c["id"] for c in client.client_list() if c.get("name") == RedisEventWire.CLIENT_NAME]
+        assert killed and all(client.client_kill_filter(_id=i) for i in killed)
+
+        def resent() -> bool:
+            wire.publish("w5@h", "task-progress", "reconnect", {**FIELDS, "current": 2}, 2)
+            return wire.barrier() and len(log.for_task("reconnect")) >= 2
+        wait_for(resent, 10, what="an event after the connection was dropped")
+        assert log.for_task("reconnect")[0]["current"] == 1 and wire.dropped >= 1
     finally:
         log.stop()
