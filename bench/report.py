@@ -194,10 +194,13 @@ def _targets(d: dict) -> str:
         if kind == "send_event_cost":
             continue
         share = res.get("median_send_event_share_pct")
+        # The direct share is a lower bound on the cost, the A/B a noisy estimate of all of it:
+        # the verdict takes the larger.
+        worst = max(x for x in (res["overhead_pct"], share) if x is not None)
         rows.append((f"Progress events < 5% of wall time ({kind})",
                      f"A/B {f(res['overhead_pct'], 1)}%; job thread sending events {f(share, 1)}% (direct); "
                      f"({f(res['median_on_s'], 3)} s on vs {f(res['median_off_s'], 3)} s off)",
-                     verdict(_lt(res["overhead_pct"], 5))))
+                     verdict(_lt(worst, 5))))
     out = ["## Targets", "", "| target | measured (this run) | verdict |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(out)
@@ -434,7 +437,7 @@ def _cancel(x: dict) -> str:
 
 def _overhead(x: dict) -> str:
     L = _dated("Worker overhead of progress events", x)
-    L.append(f"Two real workers side by side (`-c 1`), jobs alternating on/off, {x['reps']} each "
+    L.append(f"One real worker (`-c 1`) taking on and off jobs from two queues, alternating, {x['reps']} each "
              "after a warm-up pair; wall = the job's `started_at` -> `finished_at`; A/B overhead = "
              "the median over reps of on/off - 1 (each rep's two jobs ran back to back), the ratio "
              "of the medians in brackets.")
@@ -478,8 +481,7 @@ def _levers(d: dict) -> str:
             continue
         if not p.get("rate_while_profiled"):
             L.append(f"**{kind}**: the profiled ingest trial applied nothing (see the warnings under "
-                     "the ingest table), so its profile shows an idle process; the what-if section "
-                     "has a profile of the bridge with the receiver fixed.")
+                     "the ingest table), so its profile shows an idle process.")
             L.append("")
             continue
         L.append(f"**{kind}**, ingest of the single stream under `py-spy record --threads` "

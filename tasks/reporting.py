@@ -20,6 +20,7 @@ cannot be sent is logged and dropped, and the job goes on.
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
 import queue
@@ -28,6 +29,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
+import hiredis
 import orjson
 import redis
 from redis.connection import Connection
@@ -170,6 +172,9 @@ class RedisEventWire:
         self._replies = False  # True where the server refuses CLIENT REPLY OFF
         self._retry_at = 0.0
         self._lock = threading.Lock()  # a threads pool shares one connection
+        self._tag_prefix = f"{uuid.uuid4().hex[:16]}-"  # delivery tags: unique, cheaper than a uuid4 each
+        self._tags = itertools.count()
+        self._offset, self._offset_until = 0, 0.0
         self.dropped = 0
 
     @classmethod
@@ -181,7 +186,7 @@ class RedisEventWire:
     def publish(self, hostname: str, event_type: str, task_id: str, fields: dict,
                 clock: int) -> None:
         """Send one event (never waits for a reply; dropped, and logged, if it cannot go)."""
-        body = {"hostname": hostname, "utcoffset": utcoffset(), "pid": os.getpid(),
+        body = {"hostname": hostname, "utcoffset": self._utcoffset(), "pid": os.getpid(),
                 "clock": clock, "uuid": task_id, **fields, "timestamp": time.time(),
                 "type": event_type}
         routing_key = event_type.replace("-", ".")
@@ -191,21 +196,28 @@ class RedisEventWire:
             "headers": {"hostname": hostname},
             "properties": {"delivery_mode": 1, "priority": 0, "body_encoding": "base64",
                            "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
-                           "delivery_tag": str(uuid.uuid4())},
+                           "delivery_tag": f"{self._tag_prefix}{next(self._tags):x}"},
         }
+        # hiredis packs the command in C (redis-py's own packing encodes each argument in Python).
+        command = hiredis.pack_command((b"PUBLISH", self.prefix + routing_key, orjson.dumps(envelope)))
         with self._lock:
             conn = self._connection()
             if conn is None:
                 self.dropped += 1
                 return
             try:
-                conn.send_packed_command(
-                    conn.pack_command("PUBLISH", self.prefix + routing_key, orjson.dumps(envelope)),
-                    check_health=False)
+                conn.send_packed_command([command], check_health=False)
                 if self._replies:
                     conn.read_response()
             except (OSError, redis.RedisError) as exc:
                 self._lost(f"could not send {event_type} for {task_id}", exc)
+
+    def _utcoffset(self) -> int:
+        """Celery's ``utcoffset()``, worked out once a minute (it changes only with DST)."""
+        now = time.monotonic()
+        if now >= self._offset_until:
+            self._offset, self._offset_until = utcoffset(), now + 60.0
+        return self._offset
 
     def barrier(self) -> bool:
         """Wait until Redis handled every event sent before; False if it could not say."""
