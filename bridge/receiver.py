@@ -4,9 +4,9 @@ Two readers of the same stream, picked by the broker:
 
 - :class:`RedisEventReader` (Redis broker): subscribes to the event exchange's
   pub/sub channels itself, parses the replies with hiredis and decodes kombu's
-  envelope with orjson, handing over every event already read in one batch. Celery's ``Receiver`` does
-  the same work per message through kombu's virtual transport, several times
-  slower (``bench/RESULTS.md``).
+  envelope with orjson, handing over every event already read in one batch.
+  Celery's ``Receiver`` does the same work per message through kombu's virtual
+  transport, several times slower (``bench/RESULTS.md``).
 - :class:`KombuEventReceiver` (any other broker, e.g. RabbitMQ): Celery's own
   ``app.events.Receiver``.
 
