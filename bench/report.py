@@ -385,8 +385,8 @@ def _watchers(x: dict) -> str:
             p = ph.get("web_profile") or {}
             if p.get("samples"):
                 L.append("")
-                L.append(f"py-spy of the {mode} web process at {ph['watchers']:,} watchers "
-                         f"({p['samples']} samples), inclusive %: "
+                L.append(f"py-spy of the {mode} web process at {ph['watchers']:,} watchers (a window "
+                         f"of its own after the measured one; {p['samples']} samples), inclusive %: "
                          + ", ".join(f"`{n}` {v}" for n, v in p.get("inclusive", [])[:16]))
     return "\n".join(L)
 
