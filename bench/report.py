@@ -157,20 +157,22 @@ def _targets(d: dict) -> str:
                          f"{f(lv['terminal_ms']['p99'])} ms",
                          verdict(_lt(lv["progress_ms"]["p99"], 120))))
     w = d.get("watchers") or {}
-    for mode in ("gevent", "threading"):
+    # The target is for the web process Skald runs (gevent); threading is measured beside it.
+    for mode, label in (("gevent", "gevent, the shipped mode"), ("threading", "threading, for comparison")):
         ph = _phase(w, mode, 5000)
         err = (((w.get("modes") or {}).get(mode)) or {}).get("error")
+        judge = verdict if mode == "gevent" else (lambda ok: "met" if ok else "would miss")
         if ph:
             ok = ph["connected"] >= 5000 and ph["delivery_ms"]["p99"] is not None \
                 and ph["delivery_ms"]["p99"] < 250 and (ph["delivered_pct"] or 0) >= 99.9
-            rows.append((f"5 000 watchers, delivery p99 < 250 ms ({mode})",
+            rows.append((f"5 000 watchers, delivery p99 < 250 ms ({label})",
                          f"{ph['connected']:,} connected, {f(ph['delivered_pct'])}% delivered, "
                          f"p99 {f(ph['delivery_ms']['p99'])} ms, RSS {f(ph['web_rss_mib'])} MiB",
-                         verdict(ok)))
+                         judge(ok)))
         elif w and not w.get("quick"):
-            rows.append((f"5 000 watchers, delivery p99 < 250 ms ({mode})",
+            rows.append((f"5 000 watchers, delivery p99 < 250 ms ({label})",
                          f"did not reach 5 000: {err or (w['modes'].get(mode) or {}).get('stopped')}",
-                         verdict(False)))
+                         judge(False)))
     mem = (d.get("memory") or {}).get("results") or {}
     b, fl = mem.get("bridge@100000"), mem.get("flower@100000")
     if b:

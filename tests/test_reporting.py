@@ -77,14 +77,17 @@ def test_wire_waits_for_replies_where_reply_off_is_refused(settings):
 def test_wire_reconnects_after_the_connection_drops(settings):
     import redis
 
+    class Named(RedisEventWire):  # only this wire's connection gets killed, not the workers'
+        CLIENT_NAME = "skald-events-reconnect-test"
+        RETRY_AFTER = 0.0
+
     log = EventLog(settings).start()
     try:
-        wire = RedisEventWire(settings.broker_url)
-        wire.RETRY_AFTER = 0.0
+        wire = Named(settings.broker_url)
         wire.publish("w5@h", "task-progress", "reconnect", {**FIELDS, "current": 1}, 1)
         assert wire.barrier()
         client = redis.Redis.from_url(settings.broker_url)
-        killed = [c["id"] for c in client.client_list() if c.get("name") == RedisEventWire.CLIENT_NAME]
+        killed = [c["id"] for c in client.client_list() if c.get("name") == Named.CLIENT_NAME]
         assert killed and all(client.client_kill_filter(_id=i) for i in killed)
 
         def resent() -> bool:
