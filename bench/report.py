@@ -352,11 +352,15 @@ def _latency(x: dict) -> str:
         if not p.get("samples"):
             continue
         L.append("")
-        L.append(f"py-spy of the **{name}** process at 1,000/s (worker producer; a level of its own "
-                 f"after the measured ones, since py-spy takes CPU from the same cores; "
-                 f"{p['samples']} samples), inclusive %: "
-                 + ", ".join(f"`{n}` {v}" for n, v in p.get("inclusive", [])[:16]))
+        L.append(_pyspy_line(f"the **{name}** process at 1,000/s (worker producer; a level of its own "
+                             "after the measured ones, since py-spy takes CPU from the same cores", p))
     return "\n".join(L)
+
+
+def _pyspy_line(what: str, p: dict, top: int = 16) -> str:
+    """One sentence for a py-spy summary: ``what`` ends in an open bracket the samples close."""
+    return (f"py-spy of {what}; {p['samples']} samples), inclusive %: "
+            + ", ".join(f"`{n}` {v}" for n, v in p.get("inclusive", [])[:top]))
 
 
 def _watchers(x: dict) -> str:
@@ -387,9 +391,8 @@ def _watchers(x: dict) -> str:
             p = ph.get("web_profile") or {}
             if p.get("samples"):
                 L.append("")
-                L.append(f"py-spy of the {mode} web process at {ph['watchers']:,} watchers (a window "
-                         f"of its own after the measured one; {p['samples']} samples), inclusive %: "
-                         + ", ".join(f"`{n}` {v}" for n, v in p.get("inclusive", [])[:16]))
+                L.append(_pyspy_line(f"the {mode} web process at {ph['watchers']:,} watchers (a window "
+                                     "of its own after the measured one", p))
     return "\n".join(L)
 
 
