@@ -387,6 +387,20 @@ def _short(frame: str) -> str:
     return f"{name} ({short})"
 
 
+def state_pass(board: Any, coalescer: Any, events: list[dict], now: float) -> tuple[list, list]:
+    """The bridge processor's in-memory work on one batch, before its publish:
+    apply each event to ``board``, pass the updates through ``coalescer``, take
+    the store records. Returns (updates to emit, records)."""
+    updates = []
+    for e in events:
+        updates += board.apply(e)
+    emit = []
+    for u in updates:
+        emit += coalescer.offer(u, now)
+    emit += coalescer.due(now)
+    return emit, board.take_records()
+
+
 def write_json(name: str, data: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"

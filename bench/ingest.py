@@ -226,20 +226,12 @@ def processor_breakdown(stack: Stack, n_tasks: int = 1000) -> dict:
             events = [{**e, "timestamp": time.time()} for e in base]
             t0 = time.perf_counter()
             for i in range(0, len(events), batch):
-                now = time.time()
-                updates = []
                 part = events[i:i + batch]
                 if mode == "full+results":  # one MGET per batch, as Bridge._caption_results
                     ended = [e["uuid"] for e in part if e["type"] == "task-succeeded"]
                     if ended:
                         client.mget([f"celery-task-meta-{t}" for t in ended])
-                for e in part:
-                    updates += board.apply(e)
-                emit = []
-                for u in updates:
-                    emit += coalescer.offer(u, now)
-                emit += coalescer.due(now)
-                records = board.take_records()
+                emit, records = common.state_pass(board, coalescer, part, time.time())
                 if mode in ("emits", "full", "full+results"):
                     pub.send(emit, records if mode != "emits" else [])
                 elif mode == "records":

@@ -79,15 +79,7 @@ def child(impl: str, n: int, trace: bool) -> dict:
         keep_pauses_short()  # the GC policy `python -m bridge` runs with
 
         def feed(batch: list[dict]) -> None:
-            now = time.time()
-            updates = []
-            for e in batch:
-                updates += board.apply(e)
-            out = []
-            for u in updates:
-                out += coalescer.offer(u, now)
-            out += coalescer.due(now)
-            board.take_records()
+            common.state_pass(board, coalescer, batch, time.time())
 
         def count() -> int:
             return len(board)
