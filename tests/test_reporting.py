@@ -11,6 +11,13 @@ FIELDS = {"current": 2, "total": 3, "step": "Captioned b.png", "image": "b.png",
           "caption": "A dark image.", "eta": 1.5, "job_id": 7, "owner": "ann", "failed": 0}
 
 
+def currents(log: EventLog, task_id: str, n: int) -> list[int]:
+    """The ``current`` of each event of ``task_id``, in arrival order, once ``n`` arrived."""
+    got = wait_for(lambda: len(log.for_task(task_id)) == n and log.for_task(task_id), 10,
+                   what=f"{n} events of {task_id}")
+    return [e["current"] for e in got]
+
+
 def test_wire_events_read_like_a_dispatchers(settings):
     log = EventLog(settings).start()
     try:
@@ -38,9 +45,7 @@ def test_sender_queues_then_flushes_in_order(settings):
         for i in range(50):
             sender.send("w2@h", "task-progress", "ordered", {**FIELDS, "current": i})
         assert sender.flush(5)
-        got = wait_for(lambda: len(log.for_task("ordered")) == 50 and log.for_task("ordered"), 10,
-                       what="50 events")
-        assert [e["current"] for e in got] == list(range(50))
+        assert currents(log, "ordered", 50) == list(range(50))
     finally:
         log.stop()
 
@@ -67,9 +72,7 @@ def test_wire_waits_for_replies_where_reply_off_is_refused(settings):
         for i in range(5):
             wire.publish("w4@h", "task-progress", "refused", {**FIELDS, "current": i}, i)
         assert wire.dropped == 0 and wire.barrier() is True
-        got = wait_for(lambda: len(log.for_task("refused")) == 5 and log.for_task("refused"), 10,
-                       what="5 events")
-        assert [e["current"] for e in got] == list(range(5))
+        assert currents(log, "refused", 5) == list(range(5))
     finally:
         log.stop()
 
