@@ -51,9 +51,9 @@ def _stamp(event) -> None:
 
 
 def _enqueue(orig):
-    """Wraps ``_enqueue_events(list)`` or the older ``_enqueue_event(dict)``."""
+    """Wraps ``_enqueue_events(list)``: each event is stamped as the receiver hands it over."""
     def wrapped(self, events, *a, **kw):
-        for event in events if isinstance(events, list) else (events,):
+        for event in events:
             _stamp(event)
         return orig(self, events, *a, **kw)
     return wrapped
@@ -145,16 +145,12 @@ def dump(*_args) -> None:
 
 
 def install() -> None:
-    for name in ("_enqueue_events", "_enqueue_event"):
-        if hasattr(Bridge, name):
-            setattr(Bridge, name, _enqueue(getattr(Bridge, name)))
+    Bridge._enqueue_events = _enqueue(Bridge._enqueue_events)
     Bridge._apply_event = _apply(Bridge._apply_event)
     Bridge._publish = _publish(Bridge._publish)
-    for name, key in (("_reconcile", "reconcile"), ("_tick", "tick")):
-        if hasattr(Bridge, name):
-            setattr(Bridge, name, _timed(key, getattr(Bridge, name)))
-    if hasattr(service, "reconcile") and hasattr(service.reconcile, "caption_results"):
-        service.reconcile.caption_results = _results(service.reconcile.caption_results)
+    Bridge._reconcile = _timed("reconcile", Bridge._reconcile)
+    Bridge._tick = _timed("tick", Bridge._tick)
+    service.reconcile.caption_results = _results(service.reconcile.caption_results)
     gc.callbacks.append(_Gc())
     signal.signal(signal.SIGUSR1, dump)
 

@@ -62,22 +62,14 @@ def run_bridge(args, stats: Stats) -> dict:
     settings = load_settings()
     bridge = Bridge(settings)
     receivers: list = []
-    # Keep the event reader the bridge makes (for its reconnect count at the end),
-    # whichever factory this version of bridge/service.py uses.
-    if hasattr(service, "event_reader"):
-        make = service.event_reader
+    # Keep the event reader the bridge makes (for its reconnect count at the end).
+    make = service.event_reader
 
-        def recorded(*a, **kw):
-            reader = make(*a, **kw)
-            receivers.append(reader)
-            return reader
-        service.event_reader = recorded
-    elif hasattr(service, "EventReceiver"):
-        class Recorded(service.EventReceiver):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                receivers.append(self)
-        service.EventReceiver = Recorded
+    def recorded(*a, **kw):
+        reader = make(*a, **kw)
+        receivers.append(reader)
+        return reader
+    service.event_reader = recorded
     orig_apply = bridge._apply_event
     orig_publish = bridge._publish
     pending: list[float] = []
@@ -108,7 +100,7 @@ def run_bridge(args, stats: Stats) -> dict:
     wait_done(args, stats)
     bridge.stop()
     thread.join(5)
-    return {"reconnects": sum(getattr(r, "reconnects", 0) for r in receivers),
+    return {"reconnects": sum(r.reconnects for r in receivers),
             "reader": type(receivers[0]).__name__ if receivers else None,
             "applied": bridge.events_applied,
             "ignored": bridge.board.ignored if bridge.board else None}
