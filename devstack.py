@@ -59,7 +59,7 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, wait: float = 10.0) -> "RedisProcess":
+    def start(self, wait: float = 10.0) -> RedisProcess:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
@@ -84,7 +84,7 @@ class RedisProcess:
                 self.proc.wait()
         self.proc = None
 
-    def __enter__(self) -> "RedisProcess":
+    def __enter__(self) -> RedisProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

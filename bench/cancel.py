@@ -58,22 +58,22 @@ def run(quick: bool = False) -> dict:
         watcher = Watcher(web.url, token).connect()
         try:
             running, queued = [], []
-            for i in range(trials):
+            for _i in range(trials):
                 task_id = submit(web.url, token, [(f"p{k}.jpg", photo) for k in range(40)])
                 watcher.call("join_task", {"task_id": task_id})
                 wait_for(lambda: any((d or {}).get("current", 0) >= 1 for _, d in
-                                     watcher.events(task_id, ("progress_update",))), 60, 0.002,
+                                     watcher.events(task_id, ("progress_update",))), 60, 0.002,  # noqa: B023 - called at once
                          what="first progress")
                 r = cancel_once(watcher, task_id)
                 running.append(r)
-                wait_for(lambda: _ended_in_db(stack, task_id), 30, 0.05, what="job ended")
+                wait_for(lambda: _ended_in_db(stack, task_id), 30, 0.05, what="job ended")  # noqa: B023
             blocker = submit(web.url, token, [(f"b{k}.jpg", photo) for k in range(900)])
             watcher.call("join_task", {"task_id": blocker})
             wait_for(lambda: watcher.events(blocker, ("progress_update",))[-1:] and
                      watcher.events(blocker, ("progress_update",))[-1][1].get("current", 0) >= 1,
                      60, 0.01, what="blocker running")
             states = []
-            for i in range(trials):
+            for _i in range(trials):
                 task_id = submit(web.url, token, [("q.jpg", photo), ("q2.jpg", photo)])
                 ack = watcher.call("join_task", {"task_id": task_id})
                 states.append(ack["snapshot"]["state"])

@@ -16,9 +16,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import redis
 
@@ -169,7 +170,7 @@ class Stack:
         self.settings: Settings | None = None
         self.env: dict[str, str] = {}
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         try:
             self.start()
         except BaseException:

@@ -107,9 +107,9 @@ def run_bridge(args, stats: Stats) -> dict:
 
 
 def run_flower(args, stats: Stats) -> dict:
+    from flower.events import Events
     from tornado.ioloop import IOLoop, PeriodicCallback
 
-    from flower.events import Events
     from tasks.app import make_celery
 
     app = make_celery(load_settings())

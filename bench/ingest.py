@@ -88,14 +88,14 @@ def warm_records(n: int) -> list[dict]:
 
 
 def store_records(stack: Stack, records: list[dict]) -> None:
-    from bridge.store import SnapshotStore
+    from bridge.records import RecordWriter
 
     client = stack.client(0)
-    store = SnapshotStore(client)
+    writer = RecordWriter()
     for i in range(0, len(records), 5000):
         pipe = client.pipeline(transaction=False)
         for rec in records[i:i + 5000]:
-            store.queue_put(pipe, rec)
+            writer.put(pipe, rec)
         pipe.execute()
 
 
@@ -206,8 +206,8 @@ def processor_breakdown(stack: Stack, n_tasks: int = 1000) -> dict:
     processor's batch is whatever queued up meanwhile). Microseconds per event.
     """
     from bridge.emitter import Coalescer, Publisher
+    from bridge.records import RecordWriter
     from bridge.state import Board
-    from bridge.store import SnapshotStore
 
     client = stack.client(0)
     base = []
@@ -222,7 +222,7 @@ def processor_breakdown(stack: Stack, n_tasks: int = 1000) -> dict:
         for mode in ("state", "emits", "records", "full", "full+results"):
             client.flushdb()
             board, coalescer = Board(200_000), Coalescer(0.1)
-            pub = Publisher(client, SnapshotStore(client))
+            pub = Publisher(client, RecordWriter())
             events = [{**e, "timestamp": time.time()} for e in base]
             t0 = time.perf_counter()
             for i in range(0, len(events), batch):
@@ -290,7 +290,7 @@ def run(quick: bool = False) -> dict:
         warm = {}
         if not quick:
             records = warm_records(WARM_TASKS)
-            for r in range(1):
+            for _round in range(1):
                 for kind in ("bridge", "flower"):
                     res = trial(stack, kind, streams["single"], warm=records)
                     warm.setdefault(kind, []).append(res)

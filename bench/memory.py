@@ -71,7 +71,6 @@ def child(impl: str, n: int, trace: bool) -> dict:
     if impl == "bridge":
         from bridge.emitter import Coalescer
         from bridge.state import Board
-
         from gcpolicy import keep_pauses_short
 
         board = Board(max_tasks=max(n, 1))

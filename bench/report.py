@@ -340,7 +340,7 @@ def _latency(x: dict) -> str:
         if not st:
             continue
 
-        def t3(k: str) -> str:
+        def t3(k: str, st: dict = st) -> str:
             v = st.get(k) or {}
             return f"{f(v.get('p50'))} / {f(v.get('p99'))} / {f(v.get('max'))}"
         b = st.get("batch") or {}
@@ -406,7 +406,7 @@ def _memory(x: dict) -> str:
     L.append("| state | tasks | KiB/task (RSS) | KiB/task (tracemalloc) | GC-tracked objects/task | "
              "longest GC pause ms | gen-2 collections | full collect ms | feed ev/s |")
     L.append("|---|---|---|---|---|---|---|---|---|")
-    for key, r in x["results"].items():
+    for _key, r in x["results"].items():
         L.append(f"| {r['impl']} | {r['tasks']:,} | {f(r['kib_per_task_rss'], 2)} | "
                  f"{f(r.get('kib_per_task_traced'), 2)} | {f(r.get('gc_tracked_per_task'), 1)} | "
                  f"{f(r['max_pause_ms'])} | {r['gen2_collections']} | {f(r['full_collect_ms'])} | "

@@ -117,7 +117,7 @@ async def main(path: str) -> None:
                  "receipts": len(watchers.receipts)})
     try:
         await asyncio.wait_for(watchers.close(), 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     say({"bye": True})
 

@@ -8,7 +8,7 @@ A job sends, in order: ``task-sent`` (the web process), ``task-received``,
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from tasks import events as ev
 

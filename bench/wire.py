@@ -16,7 +16,8 @@ import json
 import os
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 EXCHANGE = "celeryev"
 _dumps = json.dumps  # kombu's json: default separators, insertion order

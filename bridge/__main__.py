@@ -17,7 +17,6 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from bridge.service import Bridge
-
     from gcpolicy import keep_pauses_short
 
     keep_pauses_short()  # 100 000 tracked tasks: keep full GC pauses short

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from bridge.state import ADMIN_ROOM, RANK, Update, as_number
+from bridge.state import RANK, Update, as_number
+from protocol import ADMIN_ALERT, ADMIN_ROOM, SYSTEM_METRICS_UPDATE
 from tasks import events as ev
 
-ADMIN_ALERT = "admin_alert"
-SYSTEM_METRICS_UPDATE = "system_metrics_update"
 OTHER = "other"
 UNKNOWN = "unknown"
 RUNNING_STATES = ("STARTED", "PROGRESS", "CANCELLING")
@@ -102,7 +102,7 @@ class Worker:
                 "freq": self.freq, "sw_ver": self.sw_ver, "offline_reason": self.offline_reason}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Worker | None":
+    def from_dict(cls, data: dict) -> Worker | None:
         host = data.get("hostname")
         if not isinstance(host, str) or not host:
             return None

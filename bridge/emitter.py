@@ -14,14 +14,15 @@ crash), and a bridge that lost its lease can emit nothing.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 import redis
 
-from bridge.payloads import SOCKETIO_CHANNEL
+from bridge.records import RecordWriter
 from bridge.state import Update
-from bridge.store import SnapshotStore
+from protocol import SOCKETIO_CHANNEL
 
 RECENT_CAPTIONS_CAP = 50
 
@@ -146,7 +147,7 @@ class LeaseLost(Exception):
 class Publisher:
     """Stores records and emits updates together, only while holding the lease."""
 
-    def __init__(self, client: redis.Redis, store: SnapshotStore, lease_key: str = "",
+    def __init__(self, client: redis.Redis, store: RecordWriter, lease_key: str = "",
                  lease_token: str = "", channel: str = SOCKETIO_CHANNEL,
                  chunk: int = 500) -> None:
         self.client = client
@@ -179,12 +180,12 @@ class Publisher:
             for u in part:
                 record = by_task.pop(u.task_id, None)
                 if record is not None:
-                    self.store.queue_put(ops, record)
+                    self.store.put(ops, record)
             if last:
                 for record in by_task.values():
-                    self.store.queue_put(ops, record)
+                    self.store.put(ops, record)
                 if by_task:
-                    self.store.queue_trim(ops)
+                    self.store.trim(ops)
             for u in part:
                 ops.publish(self.channel, self.encode(u))
             if ops.count:

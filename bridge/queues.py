@@ -52,7 +52,7 @@ class QueueProbe:
                 finally:
                     _close(channel, conn)
             return out
-        except (OperationalError, OSError, *(conn.connection_errors if conn else ())) as exc:
+        except (OperationalError, OSError, *(conn.connection_errors if conn else ())) as exc:  # noqa: B030
             log.warning("cannot read broker queue lengths: %s", exc)
             self.close()
             return None

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import binascii
 import logging
-import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
@@ -120,7 +120,7 @@ class RedisEventReader(_Reconnecting):
             while not self._stopping.is_set():
                 try:
                     n = sock.recv_into(buffer)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 if n == 0:
                     raise ConnectionError("the broker closed the connection")

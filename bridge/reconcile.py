@@ -8,7 +8,8 @@ would have said so. Reads are batched (``MGET``) on key-value backends.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 

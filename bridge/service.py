@@ -22,18 +22,21 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from celery import Celery
 
-from bridge import reconcile, store as cluster_store
+from bridge import reconcile, records
+from bridge import store as cluster_store
 from bridge.cluster import Cluster
 from bridge.commands import CancelRequest, Command, CommandReader, TrackRequest, handle_cancel
 from bridge.emitter import Coalescer, LeaseLost, Ops, Publisher
 from bridge.lease import Lease
 from bridge.queues import QueueProbe
 from bridge.receiver import event_reader
+from bridge.records import RecordWriter
 from bridge.state import Board, Update
 from bridge.store import SnapshotStore
 from settings import Settings
@@ -57,7 +60,8 @@ class Bridge:
             settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
             health_check_interval=10, retry_on_timeout=True)
         self.clock = clock
-        self.store = SnapshotStore(self.client, settings.snapshot_ttl_seconds, settings.bridge_max_tasks)
+        self.store = SnapshotStore(self.client)
+        self.writer = RecordWriter(settings.snapshot_ttl_seconds, settings.bridge_max_tasks)
         self.lease = Lease(self.client, settings.leader_ttl_seconds)
         self.stop_event = threading.Event()
         self.events_applied = 0
@@ -117,7 +121,7 @@ class Bridge:
     # -- active ------------------------------------------------------------------
     def _run_active(self) -> None:
         self._reset_state()
-        self.publisher = Publisher(self.client, self.store, self.lease.key, self.lease.token)
+        self.publisher = Publisher(self.client, self.writer, self.lease.key, self.lease.token)
         self.reader = CommandReader(self.client, self.lease.token)
         lost = threading.Event()
         # Renew from the start: loading 100 000 stored tasks takes longer than the lease.
@@ -178,7 +182,9 @@ class Bridge:
                     lengths = probe.lengths()
                     next_probe = now + self.settings.queue_poll_seconds
                 try:
-                    watchers = cluster_store.read_watchers(self.client, time.time(), prune=True)
+                    now_s = time.time()
+                    records.prune_watchers(self.client, now_s)
+                    watchers = cluster_store.read_watchers(self.client, now_s)
                 except redis.RedisError as exc:
                     log.warning("cannot read watcher counts: %s", exc)
                     watchers = self.cluster.watchers
@@ -285,7 +291,7 @@ class Bridge:
         cluster.set_backlog(self.queue.qsize())
         updates = cluster.tick(now)
         ops = Ops()
-        cluster_store.queue_cluster(
+        records.put_cluster(
             ops, metrics=updates[-1].payload["metrics"], stats=cluster.stats(now),
             workers=cluster.workers() if cluster.workers_changed else None,
             history=list(cluster.history) if cluster.history_changed else None,

@@ -20,24 +20,20 @@ import re
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from bridge import payloads
+import protocol
+from protocol import ADMIN_ROOM, task_room
 from tasks import events as ev
 
-ADMIN_ROOM = "admin"
-JOB_UPDATE = "job_update"
 TEXT_CAP = 300  # longest args / result / exception text kept per task
 
 # How far along a task is; events never move a task to a lower rank.
 RANK = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "PROGRESS": 3, "CANCELLING": 4}
-TERMINAL = payloads.TERMINAL_STATES
+TERMINAL = protocol.TERMINAL_STATES
 _EXC_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.DOTALL)
-
-
-def task_room(task_id: str) -> str:
-    return f"task:{task_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +89,7 @@ class Task:
         self.compacted = True
 
     def snapshot(self) -> dict:
-        return payloads.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
+        return protocol.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
                                  state=self.state, current=self.current, total=self.total,
                                  current_step=self.step, estimated_completion=self.eta,
                                  updated_at=self.updated_at)
@@ -110,7 +106,7 @@ class Task:
         return {"snapshot": self.snapshot(), "ending": self.ending, "detail": self.detail()}
 
     @classmethod
-    def from_record(cls, record: dict) -> "Task":
+    def from_record(cls, record: dict) -> Task:
         snap = record["snapshot"]
         task = cls(snap["task_id"])
         task.state = snap.get("state", "PENDING")
@@ -397,7 +393,7 @@ class Board:
         task.current = max(task.current, task.total)
         task.eta = 0.0 if task.total else None
         task.step = "done"
-        return self._finish(task, "SUCCESS", results=results)
+        return self._finish(task, "SUCCESS", results=protocol.caption_results(results))
 
     def _on_failed(self, task: Task, event: dict, stamp: float) -> list[Update] | None:
         exc = event.get("exception")
@@ -460,28 +456,23 @@ class Board:
         return changed
 
     def _progress(self, task: Task) -> Update:
-        return Update(payloads.PROGRESS_UPDATE, task_room(task.task_id), task.task_id,
+        return Update(protocol.PROGRESS_UPDATE, task_room(task.task_id), task.task_id,
                       task.snapshot())
 
     def _job_update(self, task: Task) -> Update:
-        job = {**task.snapshot(), "name": task.name, "worker": task.worker,
-               "runtime": task.runtime, "terminated": task.terminated}
-        return Update(JOB_UPDATE, ADMIN_ROOM, task.task_id, {"job": job}, terminal=task.ended)
+        job = protocol.admin_row(task.snapshot(), name=task.name, worker=task.worker,
+                                 runtime=task.runtime, terminated=task.terminated)
+        return Update(protocol.JOB_UPDATE, ADMIN_ROOM, task.task_id, {"job": job}, terminal=task.ended)
 
     def _finish(self, task: Task, state: str, *, results: dict | None = None,
                 completed: int | None = None, error: tuple[str, str] | None = None) -> list[Update]:
         task.state = state
-        snap = task.snapshot()
-        if state == "SUCCESS":
-            payload = payloads.completed(snap, results or {})
-        elif state == "REVOKED":
-            payload = payloads.cancelled(snap, completed or 0, terminated=task.terminated)
-        else:
-            payload = payloads.error(snap, *(error or ("Error", "the task failed")))
-        event = payloads.ENDING_EVENT[state]
-        task.ending = {"event": event, "payload": payload}
+        extra = {"terminated": task.terminated} if state == "REVOKED" else {}
+        task.ending = protocol.ending(task.snapshot(), results=results, completed=completed or 0,
+                                      error=error or ("Error", "the task failed"), **extra)
         self._end(task)
-        return [Update(event, task_room(task.task_id), task.task_id, payload, terminal=True)]
+        return [Update(task.ending["event"], task_room(task.task_id), task.task_id,
+                       task.ending["payload"], terminal=True)]
 
     def _add(self, task_id: str) -> Task:
         task = Task(task_id)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from celery import Task
 from celery.exceptions import Ignore
@@ -22,8 +22,7 @@ from settings import Settings, load_settings
 from tasks import events
 from tasks.app import app
 from tasks.cancel import is_cancel_requested, redis_client
-from tasks.captioners import (CaptionCancelled, Captioner, CaptionerUnavailable,
-                              ImageUnreadable, get_captioner)
+from tasks.captioners import CaptionCancelled, Captioner, CaptionerUnavailable, ImageUnreadable, get_captioner
 from tasks.db import dispose_all, session_scope
 from tasks.models import Caption, Job
 from tasks.reporting import EventSender

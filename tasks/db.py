@@ -1,16 +1,29 @@
-"""Engines and sessions. One engine per database URL per process."""
+"""Engines and sessions (one engine per database URL per process), and the schema.
+
+The first use of a database in a process brings its schema up to date with
+Alembic (``migrations/``). Every process may do so at once: the upgrade runs
+under a lock (a file lock beside a SQLite database, an advisory lock on
+PostgreSQL), so the second one finds the work done. A database made by
+``create_all`` before migrations existed is recognised and stamped first.
+"""
 from __future__ import annotations
 
+import fcntl
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from tasks.models import Base
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+FIRST_REVISION = "0001"  # what create_all made before migrations existed
+PG_LOCK_KEY = 0x5CA1D  # advisory lock id of Skald's schema upgrades
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[Engine, sessionmaker[Session]]] = {}
@@ -35,8 +48,41 @@ def _build(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    migrate(engine)
     return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the schema to the newest revision (safe to run from many processes at once)."""
+    with _schema_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        if _unversioned_legacy(conn):
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, "head")
+
+
+def _unversioned_legacy(conn: Connection) -> bool:
+    return (MigrationContext.configure(conn).get_current_revision() is None
+            and inspect(conn).has_table("users"))
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """A file lock beside a SQLite database file (other databases lock in SQL)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        yield
+        return
+    with open(f"{url.database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sessions(url: str) -> sessionmaker[Session]:

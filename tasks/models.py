@@ -1,10 +1,19 @@
-"""Database models: users, jobs, images and captions (SQLAlchemy 2)."""
+"""Database models: users, jobs, images, captions and the audit log (SQLAlchemy 2).
+
+The schema is created and upgraded by Alembic (``migrations/``, run by
+``tasks/db.py``); a change here needs a migration beside it.
+"""
 from __future__ import annotations
 
 import time
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Roles (PROTOCOL.md, "Roles"): a viewer reads what an admin reads and acts on nothing.
+ROLES = ("user", "viewer", "admin")
+# Caption statuses (PROTOCOL.md, "Reviewing captions"); "pending" is an image with no row yet.
+CAPTION_STATUSES = ("pending", "generated", "edited", "approved", "failed")
 
 
 class Base(DeclarativeBase):
@@ -16,14 +25,21 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    role: Mapped[str] = mapped_column(String(16), default="user")
     password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # sha256 of the API token: tokens are 256-bit random, so a fast hash is
     # enough and allows an indexed lookup.
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    # Bumped whenever credentials change (token revoked or rotated, role changed, logout
+    # everywhere): every session and connection made before then stops working.
+    auth_epoch: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
-    jobs: Mapped[list["Job"]] = relationship(back_populates="owner")
+    jobs: Mapped[list[Job]] = relationship(back_populates="owner")
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
 
 
 class Job(Base):
@@ -37,6 +53,9 @@ class Job(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     current_step: Mapped[str] = mapped_column(String(255), default="queued")
+    queue: Mapped[str] = mapped_column(String(200), default="celery")  # where it was sent
+    retry_of: Mapped[str | None] = mapped_column(String(36), nullable=True)  # task id it resumes
+    resubmitted: Mapped[int] = mapped_column(Integer, default=0)  # times sent again by the sweeper
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -44,7 +63,7 @@ class Job(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
 
     owner: Mapped[User] = relationship(back_populates="jobs")
-    images: Mapped[list["Image"]] = relationship(
+    images: Mapped[list[Image]] = relationship(
         back_populates="job", order_by="Image.position", cascade="all, delete-orphan")
 
 
@@ -58,9 +77,12 @@ class Image(Base):
     name: Mapped[str] = mapped_column(String(255))  # the uploaded file name, for display only
     path: Mapped[str] = mapped_column(String(1024))  # generated name under UPLOAD_DIR
     size: Mapped[int] = mapped_column(Integer, default=0)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    thumbnail: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # cached file
 
     job: Mapped[Job] = relationship(back_populates="images")
-    caption: Mapped["Caption | None"] = relationship(back_populates="image", uselist=False,
+    caption: Mapped[Caption | None] = relationship(back_populates="image", uselist=False,
                                                      cascade="all, delete-orphan")
 
 
@@ -71,7 +93,26 @@ class Caption(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
     captioner: Mapped[str] = mapped_column(String(32))
+    stages: Mapped[str | None] = mapped_column(String(255), nullable=True)  # "ocr,objects,..."
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # set when the image failed
+    status: Mapped[str] = mapped_column(String(16), default="generated")
+    generated: Mapped[str | None] = mapped_column(Text, nullable=True)  # the captioner's text
+    edited_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
 
     image: Mapped[Image] = relationship(back_populates="caption")
+
+
+class AuditEntry(Base):
+    """One operator action (PROTOCOL.md, ``GET /api/audit``); pruned to a bounded count."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    params: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    result: Mapped[str] = mapped_column(Text, default="")

@@ -32,12 +32,11 @@ from urllib.parse import urlsplit
 import hiredis
 import orjson
 import redis
-from redis.connection import Connection
-
 from celery import Celery
 from celery.events import EventDispatcher
 from celery.utils.time import utcoffset
 from kombu.exceptions import KombuError
+from redis.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class EventSender:
             return False
         return done.wait(timeout)
 
-    def _ready(self) -> "RedisEventWire | None":
+    def _ready(self) -> RedisEventWire | None:
         """The wire (Redis broker), else make sure the sending thread runs."""
         if self._pid == os.getpid() and (self._wire is not None or self._thread.is_alive()):
             return self._wire
@@ -178,7 +177,7 @@ class RedisEventWire:
         self.dropped = 0
 
     @classmethod
-    def for_broker(cls, broker_url: str | None) -> "RedisEventWire | None":
+    def for_broker(cls, broker_url: str | None) -> RedisEventWire | None:
         if broker_url and urlsplit(broker_url).scheme in ("redis", "rediss"):
             return cls(broker_url)
         return None  # other brokers: Celery's dispatcher
@@ -240,7 +239,7 @@ class RedisEventWire:
                 self._conn.disconnect()
                 self._conn = None
 
-    def _connection(self) -> "Connection | None":
+    def _connection(self) -> Connection | None:
         if self._conn is not None:
             return self._conn
         if time.monotonic() < self._retry_at:

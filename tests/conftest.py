@@ -6,8 +6,8 @@ its own SQLite database, so runs cannot collide.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

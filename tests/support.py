@@ -7,8 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -83,7 +83,7 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen | None = None
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
@@ -185,7 +185,7 @@ class EventLog:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "EventLog":
+    def start(self) -> EventLog:
         self._thread.start()
         assert self._ready.wait(10), "event receiver did not start"
         # "Consuming" can come before the broker really delivers to us (kombu
@@ -258,7 +258,7 @@ class Watcher:
         with self._lock:
             self.received.append((time.time(), event, data))
 
-    def connect(self) -> "Watcher":
+    def connect(self) -> Watcher:
         auth = {"token": self.token} if self.token is not None else None
         self.sio.connect(self.url, auth=auth, transports=["websocket"], wait_timeout=10,
                          **self.connect_kwargs)
@@ -334,7 +334,7 @@ class Stack:
         time.sleep(down_for)
         self._start_redis()
 
-    def start(self, workers: int = 1, bridges: int = 1) -> "Stack":
+    def start(self, workers: int = 1, bridges: int = 1) -> Stack:
         for i in range(workers):
             self.procs.start_worker(f"fw{i}", self.env, self.settings, concurrency=1)
         for i in range(bridges):

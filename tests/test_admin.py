@@ -18,11 +18,12 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import store
+import protocol
+from bridge import records as bridge_records
 from bridge.cluster import Cluster
 from bridge.commands import STREAM
-from bridge.payloads import SOCKETIO_CHANNEL
-from bridge.store import METRIC_NAMES, SnapshotStore
+from bridge.records import RecordWriter
+from protocol import METRIC_NAMES, SOCKETIO_CHANNEL
 from tasks import events as ev
 from tests.support import Watcher, submit_job, wait_for
 
@@ -45,13 +46,10 @@ def png_bytes() -> bytes:
 
 
 def record(task_id: str, state: str, name: str, updated_at: float, **detail) -> dict:
-    from bridge import payloads
-
-    snap = payloads.snapshot(task_id, state=state, updated_at=updated_at)
+    snap = protocol.snapshot(task_id, state=state, updated_at=updated_at)
     ending = None
     if state == "FAILURE":
-        ending = {"event": "task_error",
-                  "payload": payloads.error(snap, "ValueError", "bad input")}
+        ending = protocol.ending(snap, error=("ValueError", "bad input"))
     return {"snapshot": snap, "ending": ending,
             "detail": {"name": name, "worker": "celery@host", "runtime": 1.25,
                        "args": "(1, 2)", "outcome": detail.pop("outcome", None), **detail}}
@@ -81,10 +79,10 @@ def rclient(iso):
 
 
 def put_records(client: redis.Redis, records: list[dict]) -> None:
-    st = SnapshotStore(client)
+    writer = RecordWriter()
     pipe = client.pipeline()
     for rec in records:
-        st.queue_put(pipe, rec)
+        writer.put(pipe, rec)
     pipe.execute()
 
 
@@ -178,7 +176,7 @@ def test_workers_and_cluster_read_what_the_bridge_stored(iso_client, users, rcli
                    "active": 2, "processed": 9, "loadavg": [0.1, 0.2, 0.3], "freq": 2.0})
     updates = cluster.tick()
     pipe = rclient.pipeline()
-    store.queue_cluster(pipe, metrics=updates[-1].payload["metrics"], workers=cluster.workers(),
+    bridge_records.put_cluster(pipe, metrics=updates[-1].payload["metrics"], workers=cluster.workers(),
                         stats=cluster.stats(), history=list(cluster.history),
                         alerts=[{"level": "info", "kind": "k", "message": "m", "at": 1.0}])
     pipe.execute()
@@ -210,7 +208,7 @@ def test_metrics_page_parses_with_bounded_labels(iso_client, rclient):
     cluster.set_queues({"celery": 3})
     cluster.tick()
     pipe = rclient.pipeline()
-    store.queue_cluster(pipe, stats=cluster.stats())
+    bridge_records.put_cluster(pipe, stats=cluster.stats())
     pipe.execute()
     resp = iso_client.get("/metrics")
     assert resp.status_code == 200 and resp.mimetype == "text/plain"
@@ -244,7 +242,7 @@ def test_metrics_page_parses_with_bounded_labels(iso_client, rclient):
 
 
 def test_metrics_page_without_a_bridge(iso_client, rclient):
-    rclient.delete(store.STATS_KEY)
+    rclient.delete(protocol.STATS_KEY)
     families = {f.name: f for f in text_string_to_metric_families(
         iso_client.get("/metrics").get_data(as_text=True))}
     assert families["skald_bridge_up"].samples[0].value == 0

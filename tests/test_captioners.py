@@ -11,15 +11,14 @@ import json
 import random
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image, PngImagePlugin
 
 from settings import load_settings
-from tasks.captioners import (CaptionCancelled, CaptionerUnavailable, ImageUnreadable,
-                              get_captioner)
+from tasks.captioners import CaptionCancelled, CaptionerUnavailable, ImageUnreadable, get_captioner
 from tasks.captioners.basic import BasicCaptioner, colour_name, describe
 from tasks.captioners.ollama import PROMPT, OllamaCaptioner
 

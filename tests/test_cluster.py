@@ -7,9 +7,8 @@ import uuid as uuidlib
 
 import pytest
 
-from bridge.cluster import (ADMIN_ALERT, HISTORY_COLUMNS, OTHER, SYSTEM_METRICS_UPDATE, Cluster)
-from bridge.state import ADMIN_ROOM
-from bridge.store import METRIC_NAMES
+from bridge.cluster import HISTORY_COLUMNS, OTHER, Cluster
+from protocol import ADMIN_ALERT, ADMIN_ROOM, METRIC_NAMES, SYSTEM_METRICS_UPDATE
 from tasks import events as ev
 
 T0 = 1_700_000_000.0   # a Tuesday, 22:13 UTC

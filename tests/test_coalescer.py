@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import payloads
+import protocol as payloads
 from bridge.emitter import RECENT_CAPTIONS_CAP, Coalescer
-from bridge.state import ADMIN_ROOM, JOB_UPDATE, Board, Update, task_room
+from bridge.state import Board, Update
+from protocol import ADMIN_ROOM, JOB_UPDATE, task_room
 from tasks import events as ev
 
 WINDOW = 0.5
@@ -34,8 +35,8 @@ def job(tid: str, state: str = "PROGRESS", terminal: bool = False) -> Update:
 
 
 def ending(tid: str, event: str = payloads.TASK_COMPLETED) -> Update:
-    payload = payloads.completed(payloads.snapshot(tid, state="SUCCESS", updated_at=T0),
-                                 {"count": 1, "failed": 0, "captions": []})
+    payload = payloads.ending(payloads.snapshot(tid, state="SUCCESS", updated_at=T0),
+                              results={"count": 1, "failed": 0, "captions": []})["payload"]
     return Update(event, task_room(tid), tid, payload, terminal=True)
 
 

@@ -6,7 +6,7 @@ import json
 import socketio
 
 from bridge.emitter import socketio_message
-from bridge.payloads import SOCKETIO_CHANNEL
+from protocol import SOCKETIO_CHANNEL
 
 
 class Capture(socketio.RedisManager):

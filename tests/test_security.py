@@ -14,7 +14,9 @@ import uuid
 
 import pytest
 import socketio
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import func, select
 

@@ -10,11 +10,13 @@ import random
 import uuid as uuidlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from bridge import payloads
-from bridge.state import (ADMIN_ROOM, JOB_UPDATE, TEXT_CAP, Board, Task, Update,
-                          parse_exception, task_room)
+import protocol as payloads
+from bridge.state import TEXT_CAP, Board, Task, Update, parse_exception
+from protocol import ADMIN_ROOM, JOB_UPDATE, task_room
 from tasks import events as ev
 
 HOST = "celery@worker-1"

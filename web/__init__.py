@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
 
-def create_app(config: Any = None, *, message_queue: bool = True) -> "Flask":
+def create_app(config: Any = None, *, message_queue: bool = True) -> Flask:
     """Build the web app (see :func:`web.app.create_app`)."""
     from web.app import create_app as build
 

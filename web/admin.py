@@ -19,7 +19,8 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from flask_login import current_user
 from redis.exceptions import RedisError
 
-from bridge import payloads, store
+import protocol
+from bridge import store
 from web import jobs, metrics
 from web.api import limit_arg
 from web.auth import admin_required, user_required
@@ -41,7 +42,7 @@ TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,155}$")  # Celery ids: UUIDs or cu
 def admin_page():
     if not current_user.is_admin:
         abort(403)
-    return render_template("admin.html", states=payloads.STATES)
+    return render_template("admin.html", states=protocol.STATES)
 
 
 # -- cluster -------------------------------------------------------------------------------
@@ -76,8 +77,8 @@ def list_tasks():
     ``truncated`` says when that bound stopped the search.
     """
     state = request.args.get("state") or None
-    if state is not None and state not in payloads.STATES:
-        raise ApiError("invalid", f"state must be one of {', '.join(payloads.STATES)}")
+    if state is not None and state not in protocol.STATES:
+        raise ApiError("invalid", f"state must be one of {', '.join(protocol.STATES)}")
     name = request.args.get("name") or None
     if name is not None and len(name) > 200:
         raise ApiError("invalid", "name is at most 200 characters")
@@ -99,7 +100,7 @@ def list_tasks():
         for page in candidates:
             for record in page:
                 scanned += 1
-                item = task_item(record)
+                item = protocol.record_row(record)
                 if ((state is None or item["state"] == state)
                         and (name is None or item.get("name") == name)
                         and (query is None or query in item["task_id"].lower())):
@@ -123,13 +124,6 @@ def _pages(svc: Any):
         yield page
 
 
-def task_item(record: dict) -> dict:
-    """A task list row: the snapshot plus name, worker and runtime (as ``job_update``)."""
-    detail = record.get("detail") or {}
-    return {**record["snapshot"], "name": detail.get("name"), "worker": detail.get("worker"),
-            "runtime": detail.get("runtime"), "terminated": bool(detail.get("terminated"))}
-
-
 @bp.get("/api/tasks/<task_id>")
 @admin_required
 def get_task(task_id: str):
@@ -137,7 +131,7 @@ def get_task(task_id: str):
     record = _record(task_id)
     ending = record.get("ending") or {}
     error = (ending.get("payload") or {}).get("error")
-    return jsonify({"task": {**task_item(record), **(record.get("detail") or {}),
+    return jsonify({"task": {**protocol.record_row(record), **(record.get("detail") or {}),
                              "error": error, "ending": ending.get("event")}})
 
 
@@ -161,7 +155,7 @@ def cancel_task(task_id: str):
     else:
         record = _record(task_id)
         state = record["snapshot"].get("state")
-        if state in payloads.TERMINAL_STATES:
+        if state in protocol.TERMINAL_STATES:
             raise ApiError("conflict", f"the task already ended ({state})")
         jobs.queue_cancel(svc, task_id, current_user.name)
     return jsonify({"task_id": task_id, "state": "CANCELLING"}), 202
@@ -214,7 +208,7 @@ def post_maintenance():
         status = set_maintenance(svc.redis, active, message.strip(), until)
     except RedisError as exc:
         raise ApiError("unavailable", "cannot reach Redis; try again") from exc
-    current_app.extensions["socketio"].emit("maintenance_status", status, namespace="/")
+    current_app.extensions["socketio"].emit(protocol.MAINTENANCE_STATUS, status, namespace="/")
     current_app.logger.warning("maintenance %s by %s%s", "on" if active else "off",
                                current_user.name, f": {status['message']}" if status["message"] else "")
     return jsonify(status)

@@ -4,17 +4,18 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask, request
 from flask_login import current_user
 from flask_socketio import SocketIO
 from flask_wtf.csrf import CSRFProtect
 
-from bridge.payloads import SOCKETIO_CHANNEL
 from bridge.store import SnapshotStore
+from protocol import SOCKETIO_CHANNEL
 from settings import Settings, load_settings
 from tasks.app import make_celery
 from tasks.cancel import redis_client
@@ -92,7 +93,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.extensions["skald"] = Services(
         settings=settings, redis=client, db=sessions(settings.database_url),
         celery=make_celery(settings),
-        store=SnapshotStore(client, settings.snapshot_ttl_seconds, settings.bridge_max_tasks))
+        store=SnapshotStore(client))
 
     from web import admin, api, auth, errors, pages, sockets
     errors.register(app)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Callable
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, redirect, render_template, request, url_for
@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from tasks.models import User
+from tasks.models import ROLES, User
 from web.errors import ApiError
 from web.services import services
 
@@ -44,7 +44,7 @@ class Principal:
         return str(self.id)
 
     @classmethod
-    def of(cls, user: User) -> "Principal":
+    def of(cls, user: User) -> Principal:
         return cls(id=user.id, name=user.name, is_admin=user.is_admin)
 
 
@@ -57,14 +57,18 @@ def new_token() -> str:
 
 
 def create_user(db: Session, name: str, password: str | None = None,
-                admin: bool = False) -> tuple[User, str]:
-    """Create a user; returns it and its API token (shown once, stored hashed)."""
+                admin: bool = False, role: str = "user") -> tuple[User, str]:
+    """Create a user; returns it and its API token (shown once, stored hashed).
+    ``admin=True`` is ``role="admin"``."""
+    role = "admin" if admin else role
+    if role not in ROLES:
+        raise AccountError(f"a role is one of {', '.join(ROLES)}")
     if not NAME_RE.match(name or ""):
         raise AccountError("a user name is 1-64 letters, digits, '.', '_' or '-'")
     if db.scalar(select(User).where(User.name == name)) is not None:
         raise AccountError(f"user {name!r} already exists")
     token = new_token()
-    user = User(name=name, is_admin=admin, token_hash=token_hash(token),
+    user = User(name=name, role=role, token_hash=token_hash(token),
                 password_hash=generate_password_hash(password) if password else None)
     db.add(user)
     db.flush()

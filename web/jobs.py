@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bridge import payloads
+import protocol
 from bridge.commands import send_cancel, send_track
 from tasks.events import CAPTION_TASK_NAME
 from tasks.models import Caption, Image, Job, User
@@ -80,7 +80,7 @@ def is_uuid(value: Any) -> bool:
 
 
 def db_snapshot(job: Job, owner: str) -> dict:
-    return payloads.snapshot(job.task_id, job_id=job.id, owner=owner, state=job.state,
+    return protocol.snapshot(job.task_id, job_id=job.id, owner=owner, state=job.state,
                              current=job.done, total=job.total, current_step=job.current_step,
                              updated_at=job.updated_at)
 
@@ -96,7 +96,7 @@ def live_snapshot(job: Job, owner: str, record: dict | None) -> dict:
     """The bridge's snapshot unless the database already knows an ending it lacks."""
     if record is not None:
         snap = {**record["snapshot"], "job_id": job.id, "owner": owner}
-        if snap["state"] in payloads.TERMINAL_STATES or job.state not in payloads.TERMINAL_STATES:
+        if snap["state"] in protocol.TERMINAL_STATES or job.state not in protocol.TERMINAL_STATES:
             if not snap.get("total"):  # before the first image the bridge cannot know it
                 snap["total"] = job.total
             return snap
@@ -105,10 +105,10 @@ def live_snapshot(job: Job, owner: str, record: dict | None) -> dict:
 
 def ending(svc: Services, job: Job, snap: dict, record: dict | None) -> dict | None:
     """The terminal event ``{"event", "payload"}`` of an ended job, else None."""
-    if snap["state"] not in payloads.TERMINAL_STATES:
+    if snap["state"] not in protocol.TERMINAL_STATES:
         return None
     stored = (record or {}).get("ending")
-    if stored and stored.get("event") == payloads.ENDING_EVENT[snap["state"]]:
+    if stored and stored.get("event") == protocol.ENDING_EVENT[snap["state"]]:
         return {"event": stored["event"], "payload": {**stored["payload"], "job_id": job.id,
                                                       "owner": snap["owner"]}}
     return db_ending(svc, job, snap)
@@ -116,17 +116,13 @@ def ending(svc: Services, job: Job, snap: dict, record: dict | None) -> dict | N
 
 def db_ending(svc: Services, job: Job, snap: dict) -> dict:
     """The terminal event built from the database (the bridge did not record one)."""
-    state = snap["state"]
-    event = payloads.ENDING_EVENT[state]
-    if state == "SUCCESS":
+    results = None
+    if snap["state"] == "SUCCESS":
         rows = captions(svc, job.id)
         ok = [{"image": r["image"], "caption": r["caption"]} for r in rows if r["caption"] is not None]
-        payload = payloads.completed(snap, {"count": len(ok), "failed": job.failed, "captions": ok})
-    elif state == "REVOKED":
-        payload = payloads.cancelled(snap, job.done - job.failed)
-    else:
-        payload = payloads.error(snap, "JobFailed", job.error or "the job failed")
-    return {"event": event, "payload": payload}
+        results = protocol.caption_results({"count": len(ok), "failed": job.failed, "captions": ok})
+    return protocol.ending(snap, results=results, completed=job.done - job.failed,
+                           error=("JobFailed", job.error or "the job failed"))
 
 
 def captions(svc: Services, job_id: int) -> list[dict]:
@@ -161,7 +157,7 @@ def request_cancel(svc: Services, job: Job, owner: str, by: str) -> dict:
     """Queue a cancel for the bridge; ``conflict`` when the job already ended."""
     record = fetch_record(svc, job.task_id)
     snap = live_snapshot(job, owner, record)
-    if snap["state"] in payloads.TERMINAL_STATES:
+    if snap["state"] in protocol.TERMINAL_STATES:
         raise ApiError("conflict", f"the job already ended ({snap['state']})")
     queue_cancel(svc, job.task_id, by)
     return {**snap, "state": "CANCELLING"}

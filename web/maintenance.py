@@ -52,7 +52,7 @@ def announce(redis_url: str, status: dict[str, Any]) -> None:
     """Tell every connected client, on every web process, through the message queue."""
     from flask_socketio import SocketIO
 
-    from bridge.payloads import SOCKETIO_CHANNEL
+    from protocol import MAINTENANCE_STATUS, SOCKETIO_CHANNEL
 
     SocketIO(message_queue=redis_url, channel=SOCKETIO_CHANNEL).emit(
-        "maintenance_status", status, namespace="/")
+        MAINTENANCE_STATUS, status, namespace="/")

@@ -5,7 +5,7 @@ Two sources, one page (``GET /metrics``, rendered by :func:`render`):
 - this web process's own series: Socket.IO refusals by reason, watchers
   connected here (module-level metrics in the default registry);
 - the cluster's series, which the bridge computes and stores in Redis each
-  metrics tick (``bridge.store.STATS_KEY``); :class:`ClusterCollector` renders
+  metrics tick (``protocol.STATS_KEY``); :class:`ClusterCollector` renders
   that blob at scrape time. Labels: task state, task name (capped by the
   bridge, extra names fold into ``other``), event type, queue name, alert
   kind. Never a task id or a worker host name.
@@ -22,14 +22,15 @@ import secrets
 import socket
 import time
 import weakref
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import protocol
 from bridge import store
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ SOCKET_REJECTED = Counter("skald_socket_events_rejected_total",
                           "Socket.IO connections and events refused, by reason", ["reason"])
 WATCHERS = Gauge("skald_watchers_connected", "Socket.IO clients connected to this web process")
 
-REPORT_EVERY = 5.0   # s between watcher-count reports (store.WATCHERS_FRESH is 3x this)
+REPORT_EVERY = 5.0   # s between watcher-count reports (protocol.WATCHERS_FRESH is 3x this)
 CHECK_EVERY = 1.0    # s between looks at the count: a change is reported at once
 STALE_AFTER = 30.0   # s after which the bridge's numbers count as stale (skald_bridge_up 0)
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -202,7 +203,7 @@ def start_watcher_reporter(socketio: Any, client: redis.Redis, own_id: str,
             now = time.time()
             if reported is None or reported[0] != count or now - reported[1] >= REPORT_EVERY:
                 try:
-                    store.write_watchers(client, own_id, count, now)
+                    client.hset(protocol.WATCHERS_KEY, own_id, protocol.watcher_report(count, now))
                     reported = (count, now)
                 except redis.RedisError as exc:
                     log.debug("cannot report the watcher count: %s", exc)

@@ -10,16 +10,17 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from flask import Flask, current_app, request
 from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, emit, join_room, leave_room
 from redis.exceptions import RedisError
 
-from bridge import payloads
+import protocol
 from bridge.store import read_metrics
 from web import jobs, metrics
 from web.auth import Principal, principal_for_token
@@ -30,12 +31,7 @@ from web.services import services
 
 log = logging.getLogger(__name__)
 
-ADMIN_ROOM = "admin"
 TASK_KEYS = frozenset({"task_id"})
-
-
-def task_room(task_id: str) -> str:
-    return f"task:{task_id}"
 
 
 @dataclass
@@ -125,14 +121,14 @@ def register(socketio: SocketIO, app: Flask) -> None:
             metrics.SOCKET_REJECTED.labels(reason="rate_limited").inc()
             raise ConnectionRefusedError("rate_limited")
         metrics.WATCHERS.set(len(conns))
-        emit("connected", {"sid": request.sid, "user": user.name, "is_admin": user.is_admin,
+        emit(protocol.CONNECTED, {"sid": request.sid, "user": user.name, "is_admin": user.is_admin,
                            "server_time": time.time()})
         try:
             status = maintenance_status(services().redis)
         except RedisError:
             status = {"active": False}
         if status["active"]:
-            emit("maintenance_status", status)
+            emit(protocol.MAINTENANCE_STATUS, status)
 
     @socketio.on("disconnect")
     def on_disconnect(*_args: Any):
@@ -152,10 +148,10 @@ def register(socketio: SocketIO, app: Flask) -> None:
     @handler("join_task", TASK_KEYS)
     def join_task(conn: Conn, data: dict) -> dict:
         svc, job, owner = _job(conn, data)
-        join_room(task_room(job.task_id))
+        join_room(protocol.task_room(job.task_id))
         record = jobs.fetch_record(svc, job.task_id)
         snap = jobs.live_snapshot(job, owner, record)
-        if record is None and snap["state"] not in payloads.TERMINAL_STATES:
+        if record is None and snap["state"] not in protocol.TERMINAL_STATES:
             # The bridge has no word on this job (it may have missed all of
             # it): have it follow the job and reconcile its ending.
             jobs.track(svc, job.task_id, job.id, owner, job.total)
@@ -163,10 +159,10 @@ def register(socketio: SocketIO, app: Flask) -> None:
         if ending is not None:
             # It ended: this is the client's one ending; nothing more will
             # come, so the room (and a late duplicate from it) is not needed.
-            leave_room(task_room(job.task_id))
+            leave_room(protocol.task_room(job.task_id))
             emit(ending["event"], ending["payload"])
         else:
-            emit(payloads.PROGRESS_UPDATE, snap)
+            emit(protocol.PROGRESS_UPDATE, snap)
         return {"ok": True, "snapshot": snap}
 
     @handler("leave_task", TASK_KEYS)
@@ -174,7 +170,7 @@ def register(socketio: SocketIO, app: Flask) -> None:
         task_id = data.get("task_id")
         if not jobs.is_uuid(task_id):
             raise ApiError("invalid", "task_id must be a UUID")
-        leave_room(task_room(task_id))
+        leave_room(protocol.task_room(task_id))
         return {"ok": True}
 
     @handler("cancel_task", TASK_KEYS)
@@ -193,7 +189,7 @@ def register(socketio: SocketIO, app: Flask) -> None:
     def join_admin_dashboard(conn: Conn, data: dict) -> dict:
         if not conn.user.is_admin:
             raise ApiError("unauthorized", "admins only")
-        join_room(ADMIN_ROOM)
+        join_room(protocol.ADMIN_ROOM)
         svc = services()
         watchers = metrics.watchers_total(svc.redis, current_app.extensions["skald_report_id"],
                                           len(conns))

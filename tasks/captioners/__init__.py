@@ -5,8 +5,9 @@ LLaVA-style model through Ollama's HTTP API.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from settings import Settings
 

@@ -32,15 +32,15 @@ _PNG_TEXT_KEYS = ("Description", "Title", "Comment", "comment", "description", "
 def colour_name(rgb: tuple[int, int, int]) -> str:
     """A plain-English name for an RGB colour ("dark green", "light grey")."""
     r, g, b = (c / 255.0 for c in rgb)
-    h, l, s = colorsys.rgb_to_hls(r, g, b)
-    if s < 0.15 or (l < 0.12) or (l > 0.94):
-        if l < 0.12:
+    h, light, s = colorsys.rgb_to_hls(r, g, b)
+    if s < 0.15 or (light < 0.12) or (light > 0.94):
+        if light < 0.12:
             return "black"
-        if l > 0.9:
+        if light > 0.9:
             return "white"
-        if l < 0.35:
+        if light < 0.35:
             return "dark grey"
-        if l > 0.7:
+        if light > 0.7:
             return "light grey"
         return "grey"
     deg = h * 360
@@ -60,13 +60,13 @@ def colour_name(rgb: tuple[int, int, int]) -> str:
         base = "purple"
     else:
         base = "pink"
-    if base in {"orange", "yellow", "red"} and l < 0.35:
+    if base in {"orange", "yellow", "red"} and light < 0.35:
         return "brown" if base != "red" else "dark red"
-    if base == "blue" and l > 0.6:
+    if base == "blue" and light > 0.6:
         return "sky blue" if s > 0.4 else "pale blue"
-    if l < 0.3:
+    if light < 0.3:
         return f"dark {base}"
-    if l > 0.72:
+    if light > 0.72:
         return f"light {base}" if base != "red" else "pink"
     return base
 

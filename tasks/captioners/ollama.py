@@ -12,8 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tasks.captioners import (CaptionCancelled, CaptionerUnavailable, ImageUnreadable,
-                              StopCheck)
+from tasks.captioners import CaptionCancelled, CaptionerUnavailable, ImageUnreadable, StopCheck
 
 PROMPT = ("Write one concise sentence of alt text for this image, for a reader "
           "who cannot see it. Describe only what is visible.")

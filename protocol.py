@@ -1,0 +1,165 @@
+"""The contract shared by the bridge and the web process.
+
+What both sides must agree on lives here and nowhere else: task states, room
+names, the Socket.IO event names and payload shapes of PROTOCOL.md (one
+builder per payload, the ending included), and the layout of what the bridge
+keeps in Redis for the web process to read (task records, cluster state,
+watcher counts). Pure data and functions, no I/O.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+# -- task states ------------------------------------------------------------------------------
+STATES = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "CANCELLING",
+          "SUCCESS", "FAILURE", "REVOKED")
+TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+# -- Socket.IO -----------------------------------------------------------------------------------
+# Flask-SocketIO's message-queue channel: the bridge publishes on it, web processes listen.
+SOCKETIO_CHANNEL = "flask-socketio"
+ADMIN_ROOM = "admin"
+
+
+def task_room(task_id: str) -> str:
+    return f"task:{task_id}"
+
+
+# Server events (PROTOCOL.md).
+CONNECTED = "connected"
+PROGRESS_UPDATE = "progress_update"
+TASK_COMPLETED = "task_completed"
+TASK_CANCELLED = "task_cancelled"
+TASK_ERROR = "task_error"
+ENDING_EVENT = {"SUCCESS": TASK_COMPLETED, "REVOKED": TASK_CANCELLED, "FAILURE": TASK_ERROR}
+JOB_UPDATE = "job_update"
+SYSTEM_METRICS_UPDATE = "system_metrics_update"
+ADMIN_ALERT = "admin_alert"
+MAINTENANCE_STATUS = "maintenance_status"
+
+SNAPSHOT_FIELDS = ("task_id", "job_id", "owner", "state", "progress_percent", "current",
+                   "total", "current_step", "estimated_completion", "updated_at")
+METRIC_NAMES = ("active_jobs", "queued", "completed_today", "failed_today", "workers_online",
+                "events_per_second", "watchers", "system_load")
+
+
+def percent(current: int, total: int, state: str) -> float:
+    if state == "SUCCESS":
+        return 100.0
+    if total <= 0:
+        return 0.0
+    return round(min(100.0, 100.0 * current / total), 1)
+
+
+def snapshot(task_id: str, *, job_id: int | None = None, owner: str | None = None,
+             state: str = "PENDING", current: int = 0, total: int = 0,
+             current_step: str = "", estimated_completion: float | None = None,
+             updated_at: float | None = None, **extra: Any) -> dict[str, Any]:
+    """A job's snapshot; ``extra`` fields (e.g. ``failed``) follow the contract's."""
+    return {
+        "task_id": task_id, "job_id": job_id, "owner": owner, "state": state,
+        "progress_percent": percent(current, total, state), "current": current,
+        "total": total, "current_step": current_step,
+        "estimated_completion": estimated_completion,
+        "updated_at": updated_at if updated_at is not None else time.time(),
+        **extra,
+    }
+
+
+def ending(snap: dict, *, results: dict | None = None, completed: int = 0,
+           error: tuple[str, str] = ("Error", "the task failed"), **extra: Any) -> dict:
+    """The terminal event of a task whose snapshot ``snap`` is in a terminal state:
+    ``{"event", "payload"}``. ``results`` (SUCCESS), ``completed`` (REVOKED) and
+    ``error`` as (type, message) (FAILURE) fill the payload; ``extra`` joins it."""
+    state = snap["state"]
+    if state == "SUCCESS":
+        body: dict[str, Any] = {"results": results or {}}
+    elif state == "REVOKED":
+        body = {"completed": completed}
+    elif state == "FAILURE":
+        body = {"error": {"type": error[0], "message": error[1]}}
+    else:
+        raise ValueError(f"{state} is not a terminal state")
+    return {"event": ENDING_EVENT[state], "payload": {**snap, **body, **extra}}
+
+
+def caption_results(result: dict) -> dict:
+    """``task_completed.results`` of a caption job, from the job's return value."""
+    return {"count": result.get("count", 0), "failed": result.get("failed", 0),
+            "captions": result.get("captions", [])}
+
+
+def admin_row(snap: dict, *, name: str | None, worker: str | None, runtime: float | None,
+              terminated: bool = False) -> dict:
+    """A task as the operator view lists it: ``job_update``'s ``job`` and ``GET /api/tasks`` rows."""
+    return {**snap, "name": name, "worker": worker, "runtime": runtime,
+            "terminated": bool(terminated)}
+
+
+# -- task records in Redis (written by the bridge, read by web and a restarted bridge) -----------
+# skald:task:<id>   {"snapshot": {...}, "ending": {"event", "payload"} | null, "detail": {...}}
+# skald:tasks       sorted set of task ids by last update (trimmed to the bridge's task limit)
+# skald:tasks:open  set of the ids not yet ended (what reconciliation walks)
+TASK_KEY_PREFIX = "skald:task:"
+INDEX_KEY = "skald:tasks"
+OPEN_KEY = "skald:tasks:open"
+
+Record = dict[str, Any]
+
+
+def task_key(task_id: str) -> str:
+    return f"{TASK_KEY_PREFIX}{task_id}"
+
+
+def encode_record(record: Record) -> bytes:
+    return orjson.dumps(record)
+
+
+def decode_record(raw: bytes | str | None) -> Record | None:
+    """A stored record, or None when absent or not a record."""
+    if raw is None:
+        return None
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("snapshot"), dict) else None
+
+
+def record_row(record: Record) -> dict:
+    """The operator view's row of a stored record."""
+    detail = record.get("detail") or {}
+    return admin_row(record["snapshot"], name=detail.get("name"), worker=detail.get("worker"),
+                     runtime=detail.get("runtime"), terminated=bool(detail.get("terminated")))
+
+
+# -- cluster state (written by the bridge each metrics tick) ---------------------------------------
+METRICS_KEY = "skald:cluster:metrics"
+WORKERS_KEY = "skald:cluster:workers"
+STATS_KEY = "skald:cluster:stats"
+HISTORY_KEY = "skald:cluster:history"
+ALERTS_KEY = "skald:cluster:alerts"
+CLUSTER_KEYS = (METRICS_KEY, WORKERS_KEY, STATS_KEY, HISTORY_KEY, ALERTS_KEY)
+CLUSTER_TTL = 7 * 24 * 3600   # a bridge gone this long leaves nothing stale behind
+
+# -- watcher counts (each web process writes its own; the bridge sums the fresh ones) ---------------
+# skald:watchers  hash {process id: "count:unix time"}
+WATCHERS_KEY = "skald:watchers"
+WATCHERS_FRESH = 15.0   # s a web process's count stays valid (it writes every 5 s)
+
+
+def watcher_report(count: int, now: float) -> str:
+    return f"{max(0, int(count))}:{now:.3f}"
+
+
+def parse_watcher_report(raw: bytes | str) -> tuple[int, float] | None:
+    """``(count, unix time)`` of one report, or None when it is malformed."""
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        count, stamp = text.split(":", 1)
+        return max(0, int(count)), float(stamp)
+    except ValueError:
+        return None
