@@ -138,8 +138,8 @@ class LocalCaptioner:
         for stage in self.stages:
             if should_stop():
                 raise CaptionCancelled("cancelled between stages")
-            if plain is not None and stage in MODEL_STAGES:
-                continue
+            if stage in MODEL_STAGES and (plain is not None or self.model(stage) is None):
+                continue  # nothing to find in a flat colour; a stage that cannot load was logged
             try:
                 self._run(stage, picture, found, should_stop)
                 ran.append(stage)
@@ -159,8 +159,6 @@ class LocalCaptioner:
             found.colour = colour_sentence(rgb)
         else:
             model = self.model(stage)
-            if model is None:
-                raise StageFailed(f"stage {stage} is not available")
             if stage == "ocr":
                 text = self._bounded(stage, lambda: model.read(rgb), should_stop)
                 found.text_lines, found.text_share = text.lines, text.area_share
