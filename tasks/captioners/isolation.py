@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,6 +51,8 @@ START_TIMEOUT = 120.0   # s for a child to start and load its models
 STOP_GRACE = 3.0        # s a child has to stop after a cancel before it is killed
 STOP_POLL = 0.25        # s between checks of the job's cancel flag while an image is captioned
 MAX_LINE = 1 << 20
+CHILD_SETTINGS = ("captioner", "max_image_pixels", "stage_time_budget", "caption_memory_mb",
+                  "caption_stages")
 
 
 class _ChildGone(Exception):
@@ -73,7 +76,7 @@ class IsolatedCaptioner:
         """Start the child and wait until its models are loaded; its ``ready`` message."""
         if self.proc is not None and self.proc.poll() is None:
             return self.ready
-        env = {**os.environ, "CAPTIONER": self.settings.captioner,
+        env = {**os.environ, **child_environment(self.settings),
                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
         self._buffer = b""
         self.proc = subprocess.Popen([sys.executable, "-m", "tasks.captioners.isolation"], cwd=ROOT,
@@ -149,7 +152,7 @@ class IsolatedCaptioner:
         """The child's next message, polling ``should_stop``; TimeoutError past ``deadline``."""
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        next_check = time.monotonic() + STOP_POLL
+        next_check = time.monotonic()  # at once, then every STOP_POLL
         while b"\n" not in self._buffer:
             now = time.monotonic()
             if now >= deadline:
@@ -182,6 +185,16 @@ class IsolatedCaptioner:
         if reply.get("cancelled"):
             raise CaptionCancelled("cancelled while captioning")
         return reply  # it finished just before the cancel: keep the caption
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The settings the child needs, as environment variables (it reads them with load_settings)."""
+    variables = {f.name: f.metadata["env"] for f in fields(Settings)}
+    out = {}
+    for name in CHILD_SETTINGS:
+        value = getattr(settings, name)
+        out[variables[name]] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return out
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -227,6 +240,7 @@ def _reader(stdin: IO[bytes], requests: queue.Queue, stop: threading.Event) -> N
         if message.get("stop"):
             stop.set()
         else:
+            stop.clear()  # here, in the order the parent wrote: a stop always follows its request
             requests.put(message)
     os._exit(0)  # the pool process closed our stdin or died: nothing more to do
 
@@ -275,7 +289,6 @@ def main() -> int:
     threading.Thread(target=_reader, args=(sys.stdin.buffer, requests, stop), daemon=True).start()
     while True:
         message = requests.get()
-        stop.clear()
         reply = _answer(captioner, message, stop)
         out.write(json.dumps(reply).encode() + b"\n")
         if reply.get("exiting"):
