@@ -70,6 +70,7 @@ class IsolatedCaptioner:
         self.ready: dict[str, Any] = {}
         self._buffer = b""
         self._seq = 0
+        self.last_reply: dict[str, Any] = {}  # the child's last answer (with its timings)
 
     # -- the child's life ----------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -123,6 +124,7 @@ class IsolatedCaptioner:
         except (_ChildGone, OSError) as exc:
             self._abandon()
             raise ImageUnreadable(f"this image crashed the captioning process ({exc})") from None
+        self.last_reply = reply
         if reply.get("exiting"):
             self.close()
         if reply.get("cancelled"):
@@ -261,6 +263,8 @@ def _answer(captioner: Any, message: dict, stop: threading.Event) -> dict:
         reply.update(ok=False, error=f"captioning failed: {type(exc).__name__}: {exc}")
     if getattr(captioner, "tainted", False):
         reply["exiting"] = True
+    if getattr(captioner, "last_timings", None):
+        reply["timings"] = captioner.last_timings
     return reply
 
 

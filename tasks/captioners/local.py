@@ -98,6 +98,7 @@ class LocalCaptioner:
         self.models: dict[str, Any] = {}
         self.load_seconds: dict[str, float] = {}
         self.tainted = False
+        self.last_timings: dict[str, float] = {}  # s per step of the last caption (the benchmark reads it)
         self._executor: ThreadPoolExecutor | None = None
         self._logged: set[tuple[str, str]] = set()
 
@@ -125,7 +126,9 @@ class LocalCaptioner:
 
     # -- one image ---------------------------------------------------------------------------
     def caption(self, path: Path, should_stop: StopCheck) -> Captioned:
+        started = time.monotonic()
         picture = load_picture(path, self.max_pixels)
+        self.last_timings = {"read": round(time.monotonic() - started, 4)}
         if not self.usable():
             return describe_picture(picture)  # nothing of local can run: basic's caption
         return self.caption_picture(picture, should_stop)
@@ -140,11 +143,13 @@ class LocalCaptioner:
                 raise CaptionCancelled("cancelled between stages")
             if stage in MODEL_STAGES and (plain is not None or self.model(stage) is None):
                 continue  # nothing to find in a flat colour; a stage that cannot load was logged
+            began = time.monotonic()
             try:
                 self._run(stage, picture, found, should_stop)
                 ran.append(stage)
             except StageFailed as exc:
                 self._log_once(stage, type(exc.__cause__ or exc).__name__, str(exc))
+            self.last_timings[stage] = round(time.monotonic() - began, 4)
         if plain is not None and "colour" in ran:
             found.colour = f"A plain {plain} image."
         if mostly_text(found):
