@@ -94,10 +94,14 @@ def _reduce(img: Image.Image, max_side: int) -> Image.Image:
     longer = max(img.size)
     if longer <= max_side:
         return img.copy()
+    if img.mode == "1":
+        img = img.convert("L")  # one byte a pixel, and reducible
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     factor = longer // max_side
     if factor >= 2 and img.mode in ("L", "RGB", "RGBA", "LA", "I", "F"):
         img = img.reduce(factor)  # box filter over whole blocks: cheap and exact
-    small = img.copy() if img.mode not in ("P", "1") else img.convert("RGBA" if "transparency" in img.info else "RGB")
+    small = img.copy()
     small.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return small
 
