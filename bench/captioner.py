@@ -203,7 +203,8 @@ def section(data: dict) -> str:
          f"{data['sizes']['screenshot'][1]}, {data['rounds']} rounds, `local` and `basic` alternating image "
          "by image in the same run, each in its own captioning child as a worker runs it (one "
          "onnxruntime thread per session). Seconds per image; the machine is shared (2 cores, other "
-         "sessions running tests), so read medians.", "",
+         "sessions running tests; load average at start "
+         f"{(data.get('machine') or {}).get('loadavg_at_start')}), so read medians.", "",
          "| captioner | kind | total p50 | total p90 | " + " | ".join(f"{s} p50" for s in STAGES) + " |",
          "|---|---|---|---|" + "---|" * len(STAGES)]
     for name in ("local", "basic"):
