@@ -190,6 +190,39 @@ def test_descriptions_that_look_like_brands_are_kept(real):
     assert not is_junk(real)
 
 
+def test_xmp_description_is_read_from_a_capped_packet_only():
+    """Issue 16 item 1, a bound on work without a clock: at most XMP_MAX_CHARS are looked at."""
+    from tasks.captioners.metadata import XMP_MAX_CHARS, xmp_description
+
+    def packet(pad: int) -> str:
+        return ("<x:xmpmeta>" + " " * pad + '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">'
+                "A heron &amp; a pike</rdf:li></rdf:Alt></dc:description>")
+    assert xmp_description(packet(100)) == "A heron & a pike"
+    assert xmp_description(packet(XMP_MAX_CHARS - 200)) == "A heron & a pike"
+    assert xmp_description(packet(XMP_MAX_CHARS)) is None  # past the cap: never read
+    assert xmp_description('<rdf:Description dc:description="Two swans"/>') == "Two swans"
+    # The packet that took the old regex cubic time: 40 000 openings (960 KB), no closing.
+    assert xmp_description("<dc:description><rdf:li>" * 40_000) is None
+
+
+def test_xmp_description_is_quoted_from_a_real_file(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><dc:description><rdf:Alt><rdf:li xml:lang="x-default">'
+                  "Fog over the harbour</rdf:li></rdf:Alt></dc:description></x:xmpmeta>")
+    path = tmp_path / "xmp.png"
+    Image.new("RGB", (64, 48), (120, 120, 130)).save(path, pnginfo=info)
+    assert 'Embedded description: "Fog over the harbour".' in caption_text(path)
+
+
+@pytest.mark.parametrize("hostile", ["SONY" + "-1" * 250 + "!", "Canon" + " d1" * 160 + "?",
+                                     "IMG_1" + ".-" * 240 + "!", "file written by " + "a" * 490])
+def test_junk_filter_cannot_backtrack_on_hostile_text(hostile):
+    # Each of these took exponential time with an earlier version of the pattern; the
+    # text is capped at MAX_TEXT and every repetition is separated by a character no
+    # token contains, so they are answered at once (a regression would hang here).
+    assert isinstance(is_junk(hostile), bool)
+
+
 def test_no_embedded_description_means_none_quoted(tmp_path):
     path = tmp_path / "plain.png"
     Image.new("RGB", (90, 90), (0, 200, 0)).save(path)

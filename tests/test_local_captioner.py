@@ -113,6 +113,24 @@ def test_reading_order_groups_boxes_into_lines():
     assert reading_order(pieces) == ["first line", "hello world"]
 
 
+def test_ocr_drops_low_confidence_and_lone_characters():
+    """The filter on RapidOCR's answer (pure logic: its engine is replaced by a fixed answer)."""
+    import numpy as np
+
+    from tasks.captioners.ocr import MIN_SCORE, TextReader
+
+    def box(y):
+        return [[10, y], [200, y], [200, y + 30], [10, y + 30]]
+
+    class Answer:
+        boxes = np.array([box(10), box(60), box(110)], dtype=float)
+        txts = ("Opening hours", "~~ rn ~~", "8")
+        scores = (0.98, MIN_SCORE - 0.2, 0.99)
+    reader = object.__new__(TextReader)
+    reader.engine = lambda _img: Answer()
+    assert reader.read(Image.new("RGB", (400, 200), "white")).lines == ["Opening hours"]
+
+
 def test_caption_quotes_the_text_of_a_sign(local, tmp_path):
     path = render(tmp_path / "sign.png", [("Wet paint", (60, 120))], size=(500, 300), points=48)
     made = local.caption(path, never)

@@ -68,10 +68,10 @@ class _Unpickler(pickle.Unpickler):
 def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     """``{name: array}`` of a legacy-format PyTorch state dict (as ``torch.save`` wrote before 1.6)."""
     with open(path, "rb") as f:
-        if pickle.load(f) != _LEGACY_MAGIC:  # noqa: S301 - plain ints; the state dict uses _Unpickler
+        if _Unpickler(f).load() != _LEGACY_MAGIC:
             raise CheckpointError(f"{path} is not a legacy PyTorch checkpoint")
-        pickle.load(f)  # protocol version
-        info = pickle.load(f)
+        _Unpickler(f).load()  # protocol version
+        info = _Unpickler(f).load()
         if not isinstance(info, dict) or not info.get("little_endian", True):
             raise CheckpointError("only little-endian checkpoints are supported")
         state = _Unpickler(f).load()
