@@ -112,7 +112,8 @@ class Settings:
     secure_cookies: bool = env("SECURE_COOKIES", False, flag)
     secret_key: str | None = env("SECRET_KEY", None)
     var_dir: Path = env("SKALD_VAR_DIR", Path("var"), path)
-    captioner: str = env("CAPTIONER", "basic", lower)
+    captioner: str = env("CAPTIONER", "local", lower,
+                         doc="local (offline models), basic (Pillow only) or ollama")
     ollama_url: str = env("OLLAMA_URL", "http://127.0.0.1:11434", url)
     ollama_model: str = env("OLLAMA_MODEL", "llava")
     ollama_timeout: float = env("OLLAMA_TIMEOUT", 120.0, number(0.1))
@@ -122,6 +123,21 @@ class Settings:
     max_image_bytes: int = env("MAX_IMAGE_BYTES", 20 * MB, integer(1))
     max_request_bytes: int = env("MAX_REQUEST_BYTES", 200 * MB, integer(1))
     uploads_per_minute: int = env("UPLOADS_PER_MINUTE", 30, integer(1))
+    max_image_pixels: int = env("MAX_IMAGE_PIXELS", 50_000_000, integer(1, 89_000_000),
+                                doc="pixels per image (width x height): a decompression bomb "
+                                    "is refused at upload and never decoded by a worker")
+    max_job_pixels: int = env("MAX_JOB_PIXELS", 2_000_000_000, integer(1),
+                              doc="pixels of all images of one job together")
+    # -- captioning (tasks/captioners) --------------------------------------------------------------
+    image_time_budget: float = env("IMAGE_TIME_BUDGET", 30.0, number(0.01),
+                                   doc="s one image may take (reading and every stage); past it the "
+                                       "captioning child is killed and that image fails")
+    stage_time_budget: float = env("STAGE_TIME_BUDGET", 10.0, number(0.01),
+                                   doc="s one stage of `local` may take; past it its sentence is dropped")
+    caption_memory_mb: int = env("CAPTION_MEMORY_MB", 4096, integer(0),
+                                 doc="address-space limit of each captioning child in MB (0: none)")
+    caption_stages: tuple[str, ...] = env("CAPTION_STAGES", ("ocr", "objects", "faces", "colour"), names,
+                                          doc="the stages `local` runs, in this order")
     # -- Socket.IO limits ----------------------------------------------------------------------
     socket_rate: float = env("SOCKET_RATE", 20.0, number(0.1))
     socket_burst: int = env("SOCKET_BURST", 40, integer(1))

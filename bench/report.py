@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import captioner
 from bench.common import BENCH, OUT
 
 RESULTS = BENCH / "RESULTS.md"
@@ -12,7 +13,7 @@ RESULTS = BENCH / "RESULTS.md"
 
 def load() -> dict[str, dict]:
     out = {}
-    for name in ("run", "ingest", "latency", "watchers", "memory", "cancel", "overhead"):
+    for name in ("run", "ingest", "latency", "watchers", "memory", "cancel", "overhead", "captioner"):
         path = OUT / f"{name}.json"
         if path.exists():
             try:
@@ -103,6 +104,9 @@ def render(d: dict[str, dict]) -> str:
             add(f"## {name}\n\nFailed in this run: `{data.get('error')}`")
             continue
         add(fn(data))
+    if d.get("captioner", {}).get("ok", False):  # bench/captioner.py renders its own section
+        add("")
+        add(captioner.section(d["captioner"]))
     add("")
     add(_levers(d))
     return "\n".join(L) + "\n"
@@ -203,6 +207,7 @@ def _targets(d: dict) -> str:
                      f"A/B {f(res['overhead_pct'], 1)}%; job thread sending events {f(share, 1)}% (direct); "
                      f"({f(res['median_on_s'], 3)} s on vs {f(res['median_off_s'], 3)} s off)",
                      verdict(_lt(worst, 5))))
+    rows += captioner.targets(d.get("captioner"))
     out = ["## Targets", "", "| target | measured (this run) | verdict |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(out)

@@ -1,10 +1,15 @@
 """The Celery app: ``make_celery(settings)`` for any process, ``app`` for the worker."""
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from celery.signals import celeryd_after_setup
 
 import celeryconfig
 from settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 
 def make_celery(settings: Settings | None = None, include_tasks: bool = False) -> Celery:
@@ -21,3 +26,16 @@ def make_celery(settings: Settings | None = None, include_tasks: bool = False) -
 
 
 app = make_celery(include_tasks=True)
+
+
+@celeryd_after_setup.connect
+def announce_captioner(**_kwargs) -> None:
+    """Say at the worker's start what the configured captioner can do (and when it falls back)."""
+    settings = load_settings()
+    if settings.captioner != "local":
+        log.info("captioner: %s", settings.captioner)
+        return
+    from tasks.captioners.local import startup_report
+
+    ok, message = startup_report(settings)
+    (log.info if ok else log.warning)("%s", message)

@@ -8,6 +8,7 @@ cannot be read fails that image, not the job.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,14 +16,21 @@ from pathlib import Path
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from redis.exceptions import RedisError
 
 from settings import Settings, load_settings
 from tasks import events
 from tasks.app import app
 from tasks.cancel import is_cancel_requested, redis_client
-from tasks.captioners import CaptionCancelled, Captioner, CaptionerUnavailable, ImageUnreadable, get_captioner
+from tasks.captioners import (
+    CaptionCancelled,
+    Captioned,
+    Captioner,
+    CaptionerUnavailable,
+    ImageUnreadable,
+    isolated,
+)
 from tasks.db import dispose_all, session_scope
 from tasks.models import Caption, Job
 from tasks.reporting import EventSender
@@ -31,13 +39,36 @@ log = logging.getLogger(__name__)
 
 
 _events = EventSender(app)
+_local = threading.local()  # this pool process's (or thread's) captioner and its child process
 
 
 @worker_process_init.connect
 def _fresh_connections(**_kwargs) -> None:
-    """Pooled DB and broker connections must not cross a fork."""
+    """Pooled DB and broker connections (and any captioning child) must not cross a fork."""
     dispose_all()
     _events.reset()
+    _local.__dict__.clear()
+
+
+@worker_process_shutdown.connect
+def _close_captioner(**_kwargs) -> None:
+    captioner = getattr(_local, "captioner", None)
+    if captioner is not None and hasattr(captioner, "close"):
+        captioner.close()
+
+
+def process_captioner(settings: Settings) -> Captioner:
+    """One captioner per pool process (per thread with a thread pool), made at its first job.
+
+    ``local`` and ``basic`` caption in a child process that keeps its models
+    between jobs; a change of ``CAPTIONER`` makes a new one.
+    """
+    key = (settings.captioner, settings.image_time_budget, settings.stage_time_budget,
+           settings.max_image_pixels, settings.caption_stages)
+    if getattr(_local, "key", None) != key:
+        _close_captioner()
+        _local.captioner, _local.key = isolated(settings), key
+    return _local.captioner
 
 
 @dataclass
@@ -46,6 +77,7 @@ class Tally:
     done: int = 0
     failed: int = 0
     captions: list[dict] = field(default_factory=list)
+    failed_images: list[dict] = field(default_factory=list)  # [{"image", "error"}]
     started: float = field(default_factory=time.monotonic)
     timed: int = 0  # images captioned in this run (for the ETA)
 
@@ -78,15 +110,23 @@ def _load(settings: Settings, job_id: int, task_id: str) -> tuple[str, list[tupl
             if cap is not None:  # a redelivered job keeps what it made
                 tally.done += 1
                 tally.failed += cap.error is not None
+                if cap.error is not None:
+                    tally.failed_images.append({"image": img.name, "error": cap.error})
                 if cap.text is not None:
                     tally.captions.append({"image": img.name, "caption": cap.text})
         return job.owner.name, rows, tally
 
 
-def _record(settings: Settings, job_id: int, image_id: int, captioner: str,
-            text: str | None, error: str | None, tally: Tally, step: str) -> None:
+def _record(settings: Settings, job_id: int, image_id: int, captioner: str, made: Captioned | None,
+            error: str | None, tally: Tally, step: str) -> None:
+    now = time.time()
+    text = made.text if made is not None else None
     with session_scope(settings.database_url) as db:
-        db.add(Caption(image_id=image_id, text=text, captioner=captioner, error=error))
+        db.add(Caption(image_id=image_id, text=text, generated=text, error=error,
+                       captioner=made.captioner if made is not None else captioner,
+                       stages=",".join(made.stages)[:255] if made is not None else None,
+                       status="generated" if error is None else "failed",
+                       created_at=now, updated_at=now))
         job = db.get(Job, job_id)
         job.done, job.failed = tally.done, tally.failed
         job.current_step = step[:255]
@@ -114,29 +154,46 @@ def run_images(task: Task, settings: Settings, job_id: int, captioner: Captioner
             continue
         if should_stop():
             raise JobCancelled()
-        text: str | None = None
-        error: str | None = None
-        try:
-            text = captioner.caption(Path(path), should_stop)
-        except ImageUnreadable as exc:
-            error = str(exc)
-            log.warning("job %s: image %s failed: %s", job_id, name, exc)
-        except CaptionCancelled:
-            raise JobCancelled() from None
+        made, error = caption_one(captioner, Path(path), should_stop)
+        if error is not None:
+            log.warning("job %s: image %s failed: %s", job_id, name, error)
+        text = made.text if made is not None else None
         tally.done += 1
         tally.timed += 1
-        if error is None:
+        if made is not None:
             tally.captions.append({"image": name, "caption": text})
             step = f"Captioned {name}"
         else:
             tally.failed += 1
+            tally.failed_images.append({"image": name, "error": error})
             step = f"Could not read {name}"
-        _record(settings, job_id, image_id, captioner.name, text, error, tally, step)
+        _record(settings, job_id, image_id, captioner.name, made, error, tally, step)
         _send(task, events.TASK_PROGRESS, events.progress_fields(
             current=tally.done, total=tally.total, step=step, image=name, caption=text,
             eta=tally.eta(), job_id=job_id, owner=owner, failed=tally.failed))
     return {"job_id": job_id, "count": tally.done - tally.failed, "failed": tally.failed,
-            "total": tally.total, "captions": tally.captions, "owner": owner}
+            "total": tally.total, "captions": tally.captions, "failed_images": tally.failed_images,
+            "owner": owner}
+
+
+def caption_one(captioner: Captioner, path: Path, should_stop: Callable[[], bool]
+                ) -> tuple[Captioned | None, str | None]:
+    """``(caption, None)`` or ``(None, error)``: nothing one image does fails the job.
+
+    A cancel (:class:`JobCancelled`) and a captioner that cannot work at all
+    (:class:`CaptionerUnavailable`, e.g. Ollama down) still end the job.
+    """
+    try:
+        return captioner.caption(path, should_stop), None
+    except CaptionCancelled:
+        raise JobCancelled() from None
+    except CaptionerUnavailable:
+        raise
+    except ImageUnreadable as exc:
+        return None, str(exc)[:1000]
+    except Exception as exc:  # noqa: BLE001 - a crafted image must not fail the other images
+        log.exception("captioning %s raised", path)
+        return None, f"captioning failed: {type(exc).__name__}: {exc}"[:1000]
 
 
 def _send(task: Task, event_type: str, fields: dict) -> None:
@@ -161,7 +218,7 @@ def caption_job(self: Task, job_id: int) -> dict:
     """Caption the images of job ``job_id`` (created by the web process)."""
     settings = load_settings()
     try:
-        captioner = get_captioner(settings)
+        captioner = process_captioner(settings)
         result = run_images(self, settings, job_id, captioner, _cancel_check(settings, self.request.id))
     except JobCancelled:
         _cancel(self, settings, job_id)

@@ -33,6 +33,9 @@ def settings(redis_proc: RedisProcess, base_dir: Path) -> Settings:
         database_url=f"sqlite:///{base_dir / 'skald.db'}",
         upload_dir=base_dir / "uploads", var_dir=base_dir / "var",
         secret_key="test-secret", web_async_mode="threading",
+        # The shared worker captions with basic (fast, no models); `local`, the default,
+        # has workers of its own in tests/test_image_jobs.py.
+        captioner="basic",
         uploads_per_minute=1000, socket_rate=1000.0, socket_burst=1000,
         cancel_grace_seconds=30.0, reconcile_seconds=2.0)
 

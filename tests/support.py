@@ -311,7 +311,8 @@ class Stack:
             redis_url=self.redis.url, broker_url=self.redis.url,
             database_url=f"sqlite:///{base / 'skald.db'}", upload_dir=base / "uploads",
             var_dir=base / "var", secret_key="fault-secret", web_async_mode="threading",
-            uploads_per_minute=1000, reconcile_seconds=2.0, **overrides)
+            uploads_per_minute=1000, reconcile_seconds=2.0,
+            **{"captioner": "basic", **overrides})  # tests that need `local` ask for it
         self.env = worker_env(self.settings)
         self.env["LEADER_TTL_SECONDS"] = str(self.settings.leader_ttl_seconds)
         self.env["VISIBILITY_TIMEOUT"] = str(self.settings.visibility_timeout)

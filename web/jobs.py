@@ -33,8 +33,8 @@ def create_and_submit(svc: Services, owner_id: int, owner: str, stored: list[Sto
     with svc.db() as db:
         job = Job(task_id=task_id, owner_id=owner_id, state="PENDING", total=len(stored),
                   current_step="queued")
-        job.images = [Image(position=i, name=s.name, path=s.path, size=s.size)
-                      for i, s in enumerate(stored)]
+        job.images = [Image(position=i, name=s.name, path=s.path, size=s.size,
+                            width=s.width, height=s.height) for i, s in enumerate(stored)]
         db.add(job)
         db.commit()
         job_id = job.id

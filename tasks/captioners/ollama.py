@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tasks.captioners import CaptionCancelled, CaptionerUnavailable, ImageUnreadable, StopCheck
+from tasks.captioners import CaptionCancelled, Captioned, CaptionerUnavailable, ImageUnreadable, StopCheck
 
 PROMPT = ("Write one concise sentence of alt text for this image, for a reader "
           "who cannot see it. Describe only what is visible.")
@@ -29,7 +29,11 @@ class OllamaCaptioner:
         self.timeout = timeout
         self.session = session or requests.Session()
 
-    def caption(self, path: Path, should_stop: StopCheck) -> str:
+    def caption(self, path: Path, should_stop: StopCheck) -> Captioned:
+        return Captioned(self.generate(path, should_stop), self.name, (self.name,))
+
+    def generate(self, path: Path, should_stop: StopCheck) -> str:
+        """The model's text for the image at ``path``."""
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
