@@ -84,10 +84,13 @@ class Watcher:
         self._lock = threading.Lock()
         self._paused = False
         self._held: list[str] = []    # lines that came while the prompt was up
-        self.bar = tqdm(total=total or None, unit="img", dynamic_ncols=True, file=sys.stderr)
+        # delay: nothing is drawn when the connection fails at once (one sentence, no bar)
+        self.bar = tqdm(total=total or None, unit="img", dynamic_ncols=True, file=sys.stderr, delay=1)
+        self._refusal: str | None = None
         # Ctrl-C is ours to handle (python-socketio would disconnect on it).
         self.sio = socketio.Client(reconnection=True, reconnection_delay_max=5, handle_sigint=False)
         self.sio.on("connect", self._on_connect)
+        self.sio.on("connect_error", self._on_connect_error)
         self.sio.on("progress_update", self._on_progress)
         for name in ENDINGS:
             self.sio.on(name, lambda data, name=name: self._on_end(name, data))
@@ -101,6 +104,10 @@ class Watcher:
     def _on_connect(self) -> None:
         # Runs after every reconnect too: re-join so the room survives a blip.
         self.sio.emit("join_task", self._payload(), callback=self._on_ack)
+
+    def _on_connect_error(self, data: Any = None) -> None:
+        message = data.get("message") if isinstance(data, dict) else data
+        self._refusal = str(message) if message else None
 
     def _on_ack(self, ack: Any) -> None:
         if not isinstance(ack, dict) or not ack.get("ok"):
@@ -204,7 +211,7 @@ class Watcher:
             self.sio.connect(self.cfg.url, auth=auth, transports=["websocket"], wait_timeout=10)
         except socketio.exceptions.ConnectionError as exc:
             self.bar.close()
-            raise ClientError(_refusal(self.cfg.url, exc)) from None
+            raise ClientError(_refusal(self.cfg.url, f"{self._refusal or ''} {exc}")) from None
         try:
             while True:
                 try:
@@ -245,9 +252,9 @@ class Watcher:
         return EXIT_CODES.get(name, 1)
 
 
-def _refusal(url: str, exc: Exception) -> str:
-    """One sentence for a connection that did not open."""
-    text = str(exc).lower()
+def _refusal(url: str, why: str) -> str:
+    """One sentence for a connection that did not open (``why``: the server's word and the error)."""
+    text = why.lower()
     if "unauthorized" in text:
         return f"Skald at {url} did not accept the token"
     if "rate_limited" in text:
@@ -267,8 +274,13 @@ def run_caption(images: list[Path], watch: bool) -> int:
             return 0
         return Watcher(cfg, job["task_id"], job["total"], token=cfg.token).run()
     except ClientError as exc:
-        click.echo(f"error: {exc}.", err=True)
+        _say_error(exc)
         return 1
+
+
+def _say_error(exc: ClientError) -> None:
+    text = str(exc)
+    click.echo(f"error: {text}" + ("" if text.endswith((".", "?", "!")) else "."), err=True)
 
 
 def run_watch(task_id: str, watch_token: str | None) -> int:
@@ -280,5 +292,5 @@ def run_watch(task_id: str, watch_token: str | None) -> int:
     try:
         return Watcher(cfg, task_id, token=cfg.token, watch_token=watch_token).run()
     except ClientError as exc:
-        click.echo(f"error: {exc}.", err=True)
+        _say_error(exc)
         return 1
