@@ -54,19 +54,25 @@ def test_caption_without_token_is_a_clear_error(env, stack, tmp_path):
     assert run.returncode == 2 and "SKALD_TOKEN" in run.stderr
 
 
-def test_ctrl_c_offers_to_cancel(env, stack, users, tmp_path):
-    user = users("cli-canceller")
-    paths = [str(make_image(tmp_path / f"k{i}.png", i, (2400, 1800))) for i in range(40)]
+def watching(env, stack, user: dict, paths: list[str]) -> tuple[subprocess.Popen, str]:
+    """``caption PATHS --watch`` running, once its job has captioned its first image."""
     proc = subprocess.Popen([sys.executable, "-m", "web", "caption", *paths, "--watch"],
                             env={**env, "SKALD_TOKEN": user["token"], "SKALD_URL": stack},
                             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     headers = user["headers"]
-    jobs = wait_for(lambda: requests.get(f"{stack}/api/jobs", headers=headers).json()["jobs"], 30,
-                    what="job submitted")
-    task_id = jobs[0]["task_id"]
+    task_id = wait_for(lambda: requests.get(f"{stack}/api/jobs", headers=headers).json()["jobs"], 30,
+                       what="job submitted")[0]["task_id"]
     wait_for(lambda: requests.get(f"{stack}/api/jobs/{task_id}", headers=headers).json()["current"] >= 1,
              60, what="first image")
+    return proc, task_id
+
+
+def test_ctrl_c_offers_to_cancel(env, stack, users, tmp_path):
+    user = users("cli-canceller")
+    headers = user["headers"]
+    paths = [str(make_image(tmp_path / f"k{i}.png", i, (2400, 1800))) for i in range(40)]
+    proc, task_id = watching(env, stack, user, paths)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate("y\n", timeout=60)
@@ -97,15 +103,7 @@ def test_served_connections_send_without_nagle_delay():
 def test_ctrl_c_and_no_leaves_the_job_running_and_says_how_to_watch(env, stack, users, tmp_path):
     user = users("cli-leaver")
     paths = [str(make_image(tmp_path / f"n{i}.png", i, (2400, 1800))) for i in range(30)]
-    proc = subprocess.Popen([sys.executable, "-m", "web", "caption", *paths, "--watch"],
-                            env={**env, "SKALD_TOKEN": user["token"], "SKALD_URL": stack},
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    headers = user["headers"]
-    task_id = wait_for(lambda: requests.get(f"{stack}/api/jobs", headers=headers).json()["jobs"], 30,
-                       what="job submitted")[0]["task_id"]
-    wait_for(lambda: requests.get(f"{stack}/api/jobs/{task_id}", headers=headers).json()["current"] >= 1,
-             60, what="first image")
+    proc, task_id = watching(env, stack, user, paths)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate("n\n", timeout=60)
     assert proc.returncode == 130, out + err

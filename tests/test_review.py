@@ -359,3 +359,27 @@ def test_maintenance_shows_on_login_and_disables_the_upload_form(settings, users
     finally:
         set_maintenance(redis, False)
     assert 'id="upload-fields" class="plain" >' in http.get("/").get_data(as_text=True)
+
+
+def test_fuzzed_edits_never_5xx(settings, users, review_app):
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    alice = users("rev-alice")
+    task_id, ids = make_job(settings, alice, [("fuzzed", None), None])
+    http = review_app.test_client()
+    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                               lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+                               max_leaves=8)
+    bodies = st.dictionaries(st.sampled_from(["caption", "status", "other"]), json_values, max_size=3) | json_values
+
+    @hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies, which=st.sampled_from([str(ids[0]), str(ids[1]), "0", "x", "9" * 30]))
+    def run(body, which):
+        resp = http.patch(f"/api/jobs/{task_id}/captions/{which}", headers=alice["headers"],
+                          data=json.dumps(body), content_type="application/json")
+        assert resp.status_code in (200, 400, 404, 409), resp.get_data(as_text=True)
+        if resp.status_code != 200:
+            assert set(resp.get_json()["error"]) == {"code", "message"}
+    run()
