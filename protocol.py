@@ -39,6 +39,7 @@ JOB_UPDATE = "job_update"
 SYSTEM_METRICS_UPDATE = "system_metrics_update"
 ADMIN_ALERT = "admin_alert"
 MAINTENANCE_STATUS = "maintenance_status"
+CAPTION_UPDATED = "caption_updated"  # a caption row changed by a person (PROTOCOL.md, "Reviewing captions")
 
 SNAPSHOT_FIELDS = ("task_id", "job_id", "owner", "state", "progress_percent", "current",
                    "total", "current_step", "estimated_completion", "updated_at")
@@ -87,9 +88,14 @@ def ending(snap: dict, *, results: dict | None = None, completed: int = 0,
 
 
 def caption_results(result: dict) -> dict:
-    """``task_completed.results`` of a caption job, from the job's return value."""
+    """``task_completed.results`` of a caption job, from the job's return value.
+
+    ``failed_images`` (``[{"image", "error"}]``) is ``[]`` when the value has none
+    (a worker older than the field, or a job with no failures)."""
+    failed_images = result.get("failed_images")
     return {"count": result.get("count", 0), "failed": result.get("failed", 0),
-            "captions": result.get("captions", [])}
+            "captions": result.get("captions", []),
+            "failed_images": failed_images if isinstance(failed_images, list) else []}
 
 
 def admin_row(snap: dict, *, name: str | None, worker: str | None, runtime: float | None,

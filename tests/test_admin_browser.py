@@ -6,6 +6,7 @@ import os
 import pytest
 import requests
 
+from tests.a11y import check
 from tests.support import CHROMIUM, make_image
 
 pytestmark = [pytest.mark.browser,
@@ -95,7 +96,7 @@ def test_task_row_changes_state_without_reload(stack, users, admin_page, tmp_pat
     assert page.inner_text("[data-testid=detail-worker]").startswith("w1@")
     assert page.inner_text("[data-testid=detail-runtime]").endswith(" s")
     assert "8 captions" in page.inner_text("[data-testid=detail-outcome]")
-    assert page.is_disabled("[data-testid=task-cancel]")
+    assert page.get_attribute("[data-testid=task-cancel]", "aria-disabled") == "true"
     # Filters: by state, by name, by id.
     page.select_option("[data-testid=filter-state]", "FAILURE")
     assert page.is_hidden(row)
@@ -123,13 +124,13 @@ def test_cancel_a_running_task_from_the_page(stack, users, admin_page, tmp_path)
         f"document.querySelector(\"{row} [data-testid=task-state]\").textContent.trim() === 'PROGRESS'",
         timeout=60_000)
     page.click(row)
-    page.wait_for_selector("[data-testid=task-cancel]:enabled")
+    page.wait_for_selector("[data-testid=task-cancel]:not([aria-disabled=true])")
     page.click("[data-testid=task-cancel]")
     page.wait_for_function(
         f"document.querySelector(\"{row} [data-testid=task-state]\").textContent.trim() === 'REVOKED'",
         timeout=30_000)
     assert page.inner_text("[data-testid=detail-state]") == "REVOKED"
-    assert page.is_disabled("[data-testid=task-cancel]")
+    assert page.get_attribute("[data-testid=task-cancel]", "aria-disabled") == "true"
     assert page.errors == []
 
 
@@ -154,3 +155,32 @@ def test_maintenance_from_the_page(stack, users, admin_page):
     finally:
         requests.post(f"{stack}/api/maintenance", json={"active": False},
                       headers=boss["headers"], timeout=10)
+
+
+def test_keyboard_and_screen_reader_use(stack, users, admin_page, tmp_path):
+    """Rows are buttons with names; the detail takes focus and gives it back; charts have
+    a text alternative; scrolled regions take focus; no axe violation, light or dark."""
+    page = admin_page
+    task_id = submit(stack, users("alice"), [make_image(tmp_path / "k.png", 1)])
+    row = f"[data-testid='task-row-{task_id}']"
+    page.wait_for_selector(f"{row} [data-testid=task-state][data-state=SUCCESS]", timeout=60_000)
+    page.wait_for_function("document.querySelector('[data-testid=summary-throughput]').textContent !== 'No data yet.'",
+                           timeout=10_000)
+    check(page, "the operator view")
+    opener = page.locator(f"{row} [data-testid=task-open]")
+    assert opener.evaluate("b => b.tagName") == "BUTTON"
+    assert task_id[:8] in opener.inner_text() and "details" in opener.text_content()
+    opener.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'detail-heading'")
+    page.wait_for_function("document.querySelector('[data-testid=detail-message]').textContent === ''")
+    check(page, "the operator view with a task's detail open")
+    page.keyboard.press("Escape")
+    assert page.is_hidden("[data-testid=task-detail]")
+    assert page.evaluate("document.activeElement.getAttribute('data-testid')") == "task-open"
+    for wrap in ("workers-wrap", "tasks-wrap"):
+        assert page.get_attribute(f"[data-testid={wrap}]", "tabindex") == "0"
+    page.click("summary:has-text('Throughput as a table')")
+    assert page.locator("[data-testid=table-throughput] tbody tr").count() >= 1
+    check(page, "the operator view with a chart's table open")
+    assert page.errors == []

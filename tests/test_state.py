@@ -208,7 +208,8 @@ def test_succeeded_without_results_still_completes():
     run_to_progress(b, tid, upto=1)
     ups = b.apply(event(ev.TASK_SUCCEEDED, tid, 150.0, result="'ok'", runtime=1.0))
     assert ups[0].event == payloads.TASK_COMPLETED and ups[0].terminal
-    assert ups[0].payload["results"] == {"count": 0, "failed": 0, "captions": []}
+    assert ups[0].payload["results"] == {"count": 0, "failed": 0, "captions": [],
+                                         "failed_images": []}
     assert b.get(tid).outcome == "'ok'"
 
 

@@ -1,4 +1,4 @@
-"""``python -m web ...``: serve, user, maintenance, caption."""
+"""``python -m web ...``: serve, user, maintenance, caption, watch."""
 import sys
 
 if sys.argv[1:2] == ["serve"]:

@@ -1,11 +1,9 @@
 """The HTTP API of PROTOCOL.md (JSON; bearer token or a logged-in session)."""
 from __future__ import annotations
 
-import csv
-import io
 import time
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 from flask_login import current_user
 from redis.exceptions import RedisError
 
@@ -72,7 +70,13 @@ def list_jobs():
     all_users = request.args.get("all") in ("1", "true", "yes")
     if all_users and not current_user.is_admin:
         raise ApiError("forbidden", "only admins may list every user's jobs")
-    return jsonify({"jobs": jobs.list_jobs(services(), current_user, all_users, limit_arg())})
+    before = request.args.get("cursor") or None
+    if before is not None and not (before.isdigit() and len(before) < 19):
+        raise ApiError("invalid", "cursor must be a next_cursor of a previous page")
+    search = (request.args.get("q") or "").strip()[:200] or None
+    found, next_cursor = jobs.list_jobs(services(), current_user, all_users, limit_arg(),
+                                        before=int(before) if before else None, search=search)
+    return jsonify({"jobs": found, "next_cursor": next_cursor})
 
 
 def _job_view(task_id: str):
@@ -96,31 +100,6 @@ def cancel_job(task_id: str):
     svc, job, owner = _job_view(task_id)
     jobs.request_cancel(svc, job, owner, by=current_user.name)
     return jsonify({"task_id": task_id, "state": "CANCELLING"}), 202
-
-
-@bp.get("/api/jobs/<task_id>/captions")
-@user_required
-def get_captions(task_id: str):
-    svc, job, _owner = _job_view(task_id)
-    rows = jobs.captions(svc, job.id)
-    fmt = request.args.get("format", "json")
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["image", "caption", "captioner", "error"])
-        for r in rows:
-            writer.writerow([_csv_safe(r["image"]), _csv_safe(r["caption"] or ""),
-                             r["captioner"], _csv_safe(r.get("error", ""))])
-        return Response(buf.getvalue(), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="captions-{task_id}.csv"'})
-    if fmt != "json":
-        raise ApiError("invalid", "format must be json or csv")
-    return jsonify({"task_id": task_id, "captions": rows})
-
-
-def _csv_safe(value: str) -> str:
-    """Neutralise spreadsheet formulas in user-controlled cells (CSV injection)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 @bp.get("/healthz")

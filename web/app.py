@@ -95,12 +95,13 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         celery=make_celery(settings),
         store=SnapshotStore(client))
 
-    from web import admin, api, auth, errors, pages, sockets
+    from web import admin, api, auth, errors, pages, review, sockets
     errors.register(app)
     csrf.init_app(app)
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(review.bp)
 
     @app.before_request
     def _csrf_for_sessions():

@@ -142,6 +142,16 @@ def caption(images: tuple[Path, ...], watch: bool) -> None:
     sys.exit(run_caption(list(images), watch))
 
 
+@main.command()
+@click.argument("task_id")
+@click.option("--watch-token", default=None, help="A watch token for TASK_ID (no user token needed).")
+def watch(task_id: str, watch_token: str | None) -> None:
+    """Attach the live progress bar to a job or task that already exists."""
+    from web.client import run_watch
+
+    sys.exit(run_watch(task_id, watch_token))
+
+
 def run() -> None:
     """Entry point: settings errors become a one-line message, exit 2."""
     try:

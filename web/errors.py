@@ -1,8 +1,12 @@
 """JSON errors of the contract: ``{"error": {"code", "message"}}`` with its status."""
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+import logging
+
+from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 STATUS = {
     "invalid": 400,
@@ -39,15 +43,37 @@ def wants_json() -> bool:
             or request.accept_mimetypes.best == "application/json")
 
 
+# What a person sees on an error page (the JSON answers keep the contract's codes).
+PAGES = {
+    403: ("Not allowed", "Your account may not open this page."),
+    404: ("Not found", "There is no such page, or it belongs to someone else."),
+    500: ("Something went wrong", "Skald could not answer this time. Try again in a moment."),
+}
+
+
+def error_page(status: int):
+    """A Skald page with navigation for ``status`` (404, 403, 500 and their kin)."""
+    kind = status if status in PAGES else (500 if status >= 500 else 404 if status == 405 else 403)
+    title, text = PAGES[kind]
+    try:
+        return render_template("errors/error.html", status=status, title=title, text=text), status
+    except Exception as exc:  # noqa: BLE001 - e.g. the database is away too: still answer
+        log.warning("cannot render the error page: %s", exc)
+        return f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{text}</p>", status
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
+        if err.status in (403, 404) and not wants_json():
+            return error_page(err.status)
         return jsonify(err.body()), err.status
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
         if not wants_json():
-            return err
+            status = err.code or 500
+            return error_page(status) if status in (403, 404, 405) or status >= 500 else err
         status = err.code or 500
         code = _BY_STATUS.get(status, "invalid" if status < 500 else "unavailable")
         if status == 413:

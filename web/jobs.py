@@ -7,6 +7,7 @@ bridge has not seen (the bridge may be down).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -18,10 +19,13 @@ from sqlalchemy.orm import Session
 
 import protocol
 from bridge.commands import send_cancel, send_track
+from bridge.store import read_workers
 from tasks.events import CAPTION_TASK_NAME
-from tasks.models import Caption, Image, Job, User
+from tasks.models import Image, Job, User
+from web.captions import failed_images
+from web.captions import rows as caption_rows
 from web.errors import ApiError
-from web.services import Services
+from web.services import Services, services
 from web.uploads import StoredImage
 
 log = logging.getLogger(__name__)
@@ -92,8 +96,19 @@ def fetch_record(svc: Services, task_id: str) -> dict | None:
         return None
 
 
-def live_snapshot(job: Job, owner: str, record: dict | None) -> dict:
-    """The bridge's snapshot unless the database already knows an ending it lacks."""
+def live_snapshot(job: Job, owner: str, record: dict | None,
+                  workers: list[dict] | None = None) -> dict:
+    """The bridge's snapshot unless the database already knows an ending it lacks, with
+    ``failed`` and ``waiting``. ``workers``: as the bridge stored them (read when needed)."""
+    snap = _base_snapshot(job, owner, record)
+    detail = (record or {}).get("detail") or {}
+    failed = detail.get("failed")
+    snap["failed"] = max(job.failed or 0, failed if isinstance(failed, int) else 0)
+    snap["waiting"] = waiting(job.queue, snap["state"], workers)
+    return snap
+
+
+def _base_snapshot(job: Job, owner: str, record: dict | None) -> dict:
     if record is not None:
         snap = {**record["snapshot"], "job_id": job.id, "owner": owner}
         if snap["state"] in protocol.TERMINAL_STATES or job.state not in protocol.TERMINAL_STATES:
@@ -101,6 +116,28 @@ def live_snapshot(job: Job, owner: str, record: dict | None) -> dict:
                 snap["total"] = job.total
             return snap
     return db_snapshot(job, owner)
+
+
+def waiting(queue: str | None, state: str, workers: list[dict] | None = None) -> str | None:
+    """PROTOCOL.md's ``waiting``: ``"no_worker"`` while PENDING and no online worker consumes
+    ``queue``, ``"queued"`` while PENDING otherwise, None once started.
+
+    A stored worker without a ``"queues"`` list counts as consuming every queue.
+    ``workers`` None: read them; when Redis cannot say, the job counts as ``"queued"``.
+    """
+    if state != "PENDING":
+        return None
+    if workers is None:
+        try:
+            workers = read_workers(services().redis)
+        except RedisError:
+            return "queued"
+    queue = queue or "celery"
+    for worker in workers:
+        queues = worker.get("queues")
+        if worker.get("online") and (not isinstance(queues, list) or queue in queues):
+            return "queued"
+    return "no_worker"
 
 
 def ending(svc: Services, job: Job, snap: dict, record: dict | None) -> dict | None:
@@ -118,39 +155,45 @@ def db_ending(svc: Services, job: Job, snap: dict) -> dict:
     """The terminal event built from the database (the bridge did not record one)."""
     results = None
     if snap["state"] == "SUCCESS":
-        rows = captions(svc, job.id)
-        ok = [{"image": r["image"], "caption": r["caption"]} for r in rows if r["caption"] is not None]
-        results = protocol.caption_results({"count": len(ok), "failed": job.failed, "captions": ok})
+        with svc.db() as db:
+            items = caption_rows(db, job.task_id, job.id)
+        ok = [{"image": r["image"], "caption": r["caption"]} for r in items if r["caption"] is not None]
+        results = protocol.caption_results({"count": len(ok), "failed": job.failed, "captions": ok,
+                                            "failed_images": failed_images(items)})
     return protocol.ending(snap, results=results, completed=job.done - job.failed,
                            error=("JobFailed", job.error or "the job failed"))
 
 
-def captions(svc: Services, job_id: int) -> list[dict]:
-    with svc.db() as db:
-        rows = db.execute(
-            select(Image.name, Caption.text, Caption.captioner, Caption.error)
-            .join(Caption, Caption.image_id == Image.id)
-            .where(Image.job_id == job_id).order_by(Image.position)).all()
-    out = []
-    for name, text, captioner, error in rows:
-        item = {"image": name, "caption": text, "captioner": captioner}
-        if error:
-            item["error"] = error
-        out.append(item)
-    return out
+def list_jobs(svc: Services, user: Any, all_users: bool, limit: int, *,
+              before: int | None = None, search: str | None = None) -> tuple[list[dict], int | None]:
+    """The caller's jobs newest first (admins: everyone's with ``all_users``) and the cursor
+    of the next page (None on the last). ``before``: a previous page's cursor (a job id);
+    ``search``: part of any of the job's file names, case-insensitive.
 
-
-def list_jobs(svc: Services, user: Any, all_users: bool, limit: int) -> list[dict]:
+    Each snapshot also carries ``first_image`` (the first file's name) and
+    ``created_at``, so a list can name a job by what it holds.
+    """
     with svc.db() as db:
         q = select(Job, User.name).join(User, User.id == Job.owner_id)
         if not (all_users and user.is_admin):
             q = q.where(Job.owner_id == user.id)
-        rows = db.execute(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).all()
+        if before is not None:
+            q = q.where(Job.id < before)
+        if search:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
+            q = q.where(Job.id.in_(select(Image.job_id).where(Image.name.ilike(pattern, escape="\\"))))
+        rows = db.execute(q.order_by(Job.id.desc()).limit(limit + 1)).all()
+        more, rows = len(rows) > limit, rows[:limit]
+        firsts = dict(db.execute(select(Image.job_id, Image.name).where(
+            Image.job_id.in_([job.id for job, _ in rows]), Image.position == 0)).all())
     try:
         records = svc.store.get_many(job.task_id for job, _ in rows)
+        workers = read_workers(svc.redis) if any(j.state == "PENDING" for j, _ in rows) else []
     except RedisError:
-        records = {}
-    return [live_snapshot(job, owner, records.get(job.task_id)) for job, owner in rows]
+        records, workers = {}, [{"online": True}]  # cannot tell: "queued", never a false alarm
+    out = [{**live_snapshot(job, owner, records.get(job.task_id), workers),
+            "first_image": firsts.get(job.id), "created_at": job.created_at} for job, owner in rows]
+    return out, (rows[-1][0].id if more else None)
 
 
 def request_cancel(svc: Services, job: Job, owner: str, by: str) -> dict:

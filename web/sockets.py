@@ -157,9 +157,8 @@ def register(socketio: SocketIO, app: Flask) -> None:
             jobs.track(svc, job.task_id, job.id, owner, job.total)
         ending = jobs.ending(svc, job, snap, record)
         if ending is not None:
-            # It ended: this is the client's one ending; nothing more will
-            # come, so the room (and a late duplicate from it) is not needed.
-            leave_room(protocol.task_room(job.task_id))
+            # It ended: this is the client's one ending. It stays in the room for
+            # caption_updated (review); clients keep the first ending they get.
             emit(ending["event"], ending["payload"])
         else:
             emit(protocol.PROGRESS_UPDATE, snap)

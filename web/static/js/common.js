@@ -1,8 +1,9 @@
-/* Skald: helpers shared by every page (loaded after socket.io.min.js).
+/* Skald: helpers shared by every page (loaded after socket.io.min.js and live.js).
  *
- * Exposes window.Skald = {csrfToken, apiFetch, skaldSocket, formatEta,
- * formatPercent, formatCount, formatTime, show, hide}; skaldSocket is also a
- * global function. No request leaves the page's own origin.
+ * Exposes window.Skald = {csrfToken, apiFetch, errorMessage, live, onConnState,
+ * onMaintenanceStatus, maintenance, plainState, formatEta, formatPercent,
+ * clampPercent, formatCount, formatTime, formatBytes, show, hide}.
+ * No request leaves the page's own origin.
  */
 (function () {
   "use strict";
@@ -84,57 +85,108 @@
   function show(el) { if (el) el.hidden = false; }
   function hide(el) { if (el) el.hidden = true; }
 
+  /** 1536 -> "1.5 KB"; bytes in 1024s, one decimal from KB up. */
+  function formatBytes(n) {
+    var v = Number(n) || 0;
+    if (v < 1024) return v + " B";
+    var units = ["KB", "MB", "GB"];
+    var i = -1;
+    do { v /= 1024; i += 1; } while (v >= 1024 && i < units.length - 1);
+    return (v >= 10 ? Math.round(v) : Math.round(v * 10) / 10) + " " + units[i];
+  }
+
+  /** A state in plain words (the raw state stays in the API and in data-state). */
+  function plainState(state, failed) {
+    switch (state) {
+      case "PENDING": case "RECEIVED": return "Queued";
+      case "STARTED": case "PROGRESS": return "Working";
+      case "CANCELLING": return "Cancelling";
+      case "SUCCESS":
+        var n = Number(failed) || 0;
+        if (!n) return "Done";
+        return "Done, " + n + (n === 1 ? " image" : " images") + " could not be read";
+      case "REVOKED": return "Cancelled";
+      case "FAILURE": return "Failed";
+      default: return state ? String(state) : "Queued";
+    }
+  }
+
   // ---- maintenance banner ----------------------------------------------
 
   var maintenanceTimer = null;
+  var maintenance = { active: false, message: "", until: null };
 
-  /** Server event maintenance_status {active, message, until}. */
+  /** Server event maintenance_status {active, message, until}; pages listen for
+   * the "skald:maintenance" event on document (detail: the status). */
   function onMaintenanceStatus(status) {
+    clearTimeout(maintenanceTimer);
+    maintenance = status && status.active ? status : { active: false, message: "", until: null };
+    // Nothing is sent when a timed maintenance runs out: end it ourselves then.
+    if (maintenance.active && typeof maintenance.until === "number") {
+      var left = maintenance.until * 1000 - Date.now();
+      if (left <= 0) maintenance = { active: false, message: "", until: null };
+      else maintenanceTimer = setTimeout(function () { onMaintenanceStatus(null); }, Math.min(left, 2147483000));
+    }
+    renderBanner();
+    document.dispatchEvent(new CustomEvent("skald:maintenance", { detail: maintenance }));
+  }
+
+  function renderBanner() {
     var banner = document.getElementById("maintenance-banner");
     if (!banner) return;
-    clearTimeout(maintenanceTimer);
-    if (!status || !status.active) { hide(banner); return; }
-    // Nothing is sent when a timed maintenance runs out: hide it ourselves then.
-    if (typeof status.until === "number") {
-      var left = status.until * 1000 - Date.now();
-      if (left <= 0) { hide(banner); return; }
-      maintenanceTimer = setTimeout(function () { hide(banner); }, Math.min(left, 2147483000));
-    }
+    if (!maintenance.active) { hide(banner); return; }
     var msg = document.getElementById("maintenance-message");
     var until = document.getElementById("maintenance-until");
-    var text = status.message || "Skald is in maintenance: new jobs cannot be started; running jobs finish.";
+    var text = maintenance.message || "Skald is in maintenance: new jobs cannot be started; running jobs finish.";
     if (msg) msg.textContent = text; else banner.textContent = text;
     if (until) {
-      var when = formatTime(status.until);
+      var when = formatTime(maintenance.until);
       until.textContent = when ? "(until " + when + ")" : "";
     }
     show(banner);
   }
 
-  // ---- socket ------------------------------------------------------------
-
-  var socket = null;
-
-  /**
-   * The page's one Socket.IO connection (created on first call). Same origin,
-   * websocket transport only; the Flask session cookie authenticates it.
-   */
-  function skaldSocket() {
-    if (socket) return socket;
-    if (typeof window.io !== "function") {
-      throw new Error("socket.io client not loaded");
-    }
-    socket = window.io({ transports: ["websocket"] });
-    socket.on("maintenance_status", onMaintenanceStatus);
-    return socket;
+  /** The status the page was rendered with (data-* on the banner). */
+  function initialMaintenance() {
+    var banner = document.getElementById("maintenance-banner");
+    if (!banner || banner.getAttribute("data-active") !== "1") return;
+    var until = Number(banner.getAttribute("data-until"));
+    onMaintenanceStatus({ active: true, message: banner.getAttribute("data-message") || "",
+                          until: until > 0 ? until : null });
   }
+
+  // ---- the live connection -------------------------------------------------
+
+  var live = null;
+  var connListeners = [];
+
+  /** The page's one SkaldLive connection (live.js), created on first call; same
+   * origin, the session cookie authenticates it. */
+  function getLive() {
+    if (live) return live;
+    if (!window.SkaldLive) throw new Error("live.js is not loaded");
+    live = window.SkaldLive.connect({
+      onState: function (kind, refusal) {
+        connListeners.forEach(function (fn) { fn(kind, refusal); });
+      }
+    });
+    live.on("maintenance_status", onMaintenanceStatus);
+    return live;
+  }
+
+  /** fn(kind, refusal) on every connection change: live, reconnecting, disconnected. */
+  function onConnState(fn) { connListeners.push(fn); }
 
   window.Skald = {
     csrfToken: csrfToken,
     apiFetch: apiFetch,
     errorMessage: errorMessage,
-    skaldSocket: skaldSocket,
+    live: getLive,
+    onConnState: onConnState,
     onMaintenanceStatus: onMaintenanceStatus,
+    maintenance: function () { return maintenance; },
+    plainState: plainState,
+    formatBytes: formatBytes,
     formatEta: formatEta,
     formatPercent: formatPercent,
     clampPercent: clampPercent,
@@ -143,12 +195,12 @@
     show: show,
     hide: hide
   };
-  window.skaldSocket = skaldSocket;
 
+  initialMaintenance();
   // Signed-in pages open the socket right away so the maintenance banner
-  // works everywhere; page scripts reuse the same socket via skaldSocket().
+  // follows the operator everywhere; page scripts share it via Skald.live().
   // (An anonymous connection would only be refused with "unauthorized".)
   if (document.body && document.body.getAttribute("data-authenticated") === "1") {
-    try { skaldSocket(); } catch (e) { /* no socket: pages still work over HTTP */ }
+    try { getLive(); } catch (e) { /* no socket: pages still work over HTTP */ }
   }
 })();

@@ -1,305 +1,239 @@
 /* Skald: the live job page (/jobs/<task_id>).
  *
- * Sources of truth, in the order they usually arrive:
- *   1. the snapshot rendered into <script id="initial-snapshot">,
- *   2. GET /api/jobs/<id>/captions (captions made before the page opened),
- *   3. the join_task ack (sent again after every reconnect),
- *   4. room events progress_update / task_completed / task_cancelled / task_error.
- * Exactly-one-ending rule: after the first terminal event, progress_update is
- * ignored and a terminal event of another kind is ignored too.
+ * Sources, in the order they usually arrive: the snapshot rendered into the page,
+ * GET .../captions (every image, made or not), the join_task ack (again after every
+ * reconnect) and the room's events, through live.js (which keeps "exactly one
+ * ending, no progress after it"). The caption list is review.js's.
+ *
+ * Screen readers hear one polite status line (#live-status): progress at most every
+ * 10% or 10 s ("34 of 160 captioned, about 9 s left"), the ending once, and the
+ * answers to what the user does. Focus moves only when the user's place goes away
+ * or after the ending, and then only from Cancel or from nowhere.
  */
 (function () {
   "use strict";
   var S = window.Skald;
 
-  var root = document.getElementById("job");
+  function $(id) { return document.getElementById(id); }
+  var root = $("job");
   var taskId = root.getAttribute("data-task-id");
-
   var el = {
-    bar: document.getElementById("bar"),
-    percent: document.getElementById("percent"),
-    state: document.getElementById("state"),
-    step: document.getElementById("step"),
-    eta: document.getElementById("eta"),
-    count: document.getElementById("count"),
-    cancel: document.getElementById("cancel"),
-    captions: document.getElementById("captions"),
-    ending: document.getElementById("ending"),
-    conn: document.getElementById("conn"),
-    message: document.getElementById("message")
+    bar: $("bar"), percent: $("percent"), state: $("state"), step: $("step"), eta: $("eta"),
+    count: $("count"), cancel: $("cancel"), ending: $("ending"), conn: $("conn"),
+    message: $("message"), waiting: $("waiting"), status: $("live-status"), created: $("created")
   };
+  var TERMINAL = { SUCCESS: true, FAILURE: true, REVOKED: true };
+  var PACE_MS = 10000;
+  var WAIT_POLL_MS = 5000;
 
-  var TERMINAL_STATES = { SUCCESS: true, FAILURE: true, REVOKED: true };
-  var ACK_TIMEOUT_MS = 10000;
-
-  var lastSnapshot = null;  // last snapshot rendered
-  var endedBy = null;       // name of the terminal event received, or null
+  var last = null;            // last snapshot shown
+  var ended = false;
   var cancelRequested = false;
-  var captionItems = new Map(); // image name -> <li>
+  var failed = 0;
 
-  // ---- rendering -----------------------------------------------------------
+  // ---- the status line --------------------------------------------------------------
 
-  function showMessage(text) {
-    el.message.textContent = text;
-    S.show(el.message);
+  var spoken = { at: 0, bucket: -1, current: -1, timer: null };
+
+  function say(text) {
+    // The same words twice are not announced again: nudge them.
+    el.status.textContent = el.status.textContent === text ? text + "\u00a0" : text;
   }
 
-  function clearMessage() {
-    el.message.textContent = "";
-    S.hide(el.message);
+  function progressWords(snap) {
+    var total = Number(snap.total) || 0;
+    var text = (Number(snap.current) || 0) + " of " + total + " captioned";
+    var eta = S.formatEta(snap.estimated_completion);
+    return eta ? text + ", " + eta : text;
   }
+
+  /** Progress is spoken when it crosses another 10%, or 10 s after the last time. */
+  function paceProgress(snap) {
+    var pct = S.clampPercent(snap.progress_percent);
+    var bucket = Math.floor(pct / 10);
+    var now = Date.now();
+    clearTimeout(spoken.timer);
+    if (Number(snap.current) === spoken.current) return;
+    if (bucket > spoken.bucket || now - spoken.at >= PACE_MS) {
+      spoken.at = now;
+      spoken.bucket = bucket;
+      spoken.current = Number(snap.current);
+      say(progressWords(snap));
+    } else {
+      spoken.timer = setTimeout(function () { if (!ended && last) paceProgress(last); }, PACE_MS - (now - spoken.at));
+    }
+  }
+
+  // ---- rendering ----------------------------------------------------------------------
+
+  function showMessage(text) { el.message.textContent = text; S.show(el.message); }
+  function clearMessage() { el.message.textContent = ""; S.hide(el.message); }
 
   function setState(state) {
-    el.state.textContent = state;
+    el.state.textContent = S.plainState(state, failed);
     el.state.setAttribute("data-state", state);
+    if (state === "SUCCESS" && failed) el.state.setAttribute("data-partial", "1");
+    else el.state.removeAttribute("data-partial");
   }
 
-  function isOurs(payload) {
-    return payload && typeof payload === "object" && payload.task_id === taskId;
+  function setCancelable(on) {
+    if (on) el.cancel.removeAttribute("aria-disabled");
+    else el.cancel.setAttribute("aria-disabled", "true");  // focus stays on it
   }
 
-  /** Paint a snapshot's numbers and texts (no ending logic here). */
-  function renderSnapshot(snap) {
+  function waitingWords(snap) {
+    if (snap.state !== "PENDING") return "";
+    if (snap.waiting === "no_worker") return "Waiting for a worker: none is online.";
+    if (typeof snap.queue_position === "number") return "Queued: " + snap.queue_position + " ahead of it.";
+    return snap.waiting === "queued" ? "Queued: waiting for a free worker." : "";
+  }
+
+  function render(snap) {
     if (!snap || typeof snap !== "object") return;
-    lastSnapshot = snap;
+    last = Object.assign({}, last || {}, snap);
+    if (typeof snap.failed === "number") failed = snap.failed;
     var pct = S.clampPercent(snap.progress_percent);
+    var total = Number(snap.total) || 0;
     el.bar.value = pct;
+    el.bar.setAttribute("aria-valuetext", (Number(snap.current) || 0) + " of " + total + " captioned");
     el.percent.textContent = pct + "%";
     el.count.textContent = S.formatCount(snap.current, snap.total);
     el.step.textContent = snap.current_step || "";
-
     var state = snap.state || "PENDING";
-    // A cancel the server accepted stays visible until the job really ends,
-    // even if a progress_update still in flight says PROGRESS.
-    if (cancelRequested && !TERMINAL_STATES[state]) state = "CANCELLING";
+    if (cancelRequested && !TERMINAL[state]) state = "CANCELLING";
     setState(state);
-
-    var ended = TERMINAL_STATES[state] || endedBy;
-    el.eta.textContent = ended ? "" : S.formatEta(snap.estimated_completion);
-    document.title = (ended ? state : pct + "%") + " · Job " + taskId.slice(0, 8) + " · Skald";
-    if (ended) {
-      el.cancel.disabled = true;
-    } else if (state === "CANCELLING") {
-      el.cancel.disabled = true;
+    var words = waitingWords(Object.assign({}, snap, { state: state }));
+    if (words !== el.waiting.textContent) {
+      el.waiting.textContent = words;
+      if (words && state === "PENDING" && spoken.current < 0) say(words);
     }
+    el.waiting.hidden = !words;
+    el.eta.textContent = TERMINAL[state] ? "" : S.formatEta(snap.estimated_completion);
+    document.title = (TERMINAL[state] ? S.plainState(state, failed) : pct + "%") + " · " +
+      $("job-title").textContent + " · Skald";
+    setCancelable(!TERMINAL[state] && state !== "CANCELLING" && !ended);
+    schedulePoll(state);
   }
 
-  function setEnding(kind, text) {
-    el.ending.textContent = text;
+  function endingWords(name, data) {
+    if (name === "task_completed") {
+      var r = data.results || {};
+      var n = Number(r.failed) || failed;
+      var done = Number(r.count) || 0;
+      return n ? "Done, " + n + (n === 1 ? " image" : " images") + " could not be read; " + done + " captioned."
+        : "Done: " + done + (done === 1 ? " caption." : " captions.");
+    }
+    if (name === "task_cancelled") {
+      var made = data.completed !== undefined ? data.completed : data.current;
+      return "Cancelled after " + (Number(made) || 0) + " of " + (Number(data.total) || 0) + " images.";
+    }
+    var msg = (data.error && (data.error.message || data.error.type)) || "unknown error";
+    return "Failed: " + msg;
+  }
+
+  function onEnd(name, data) {
+    ended = true;
+    if (name === "task_completed" && data.results && typeof data.results.failed === "number") failed = data.results.failed;
+    render(data);
+    clearTimeout(spoken.timer);
+    clearMessage();
+    var kind = name === "task_completed" ? (failed ? "partial" : "done") : name === "task_cancelled" ? "cancelled" : "failed";
+    el.ending.textContent = endingWords(name, data);
     el.ending.setAttribute("data-ending", kind);
     el.ending.className = "ending ending-" + kind;
     S.show(el.ending);
+    say(el.ending.textContent);
+    var focus = document.activeElement;
+    if (!focus || focus === document.body || focus === el.cancel) el.ending.focus();
+    review.load();  // statuses, captioners and failures, patched in place
   }
 
-  /**
-   * A snapshot (initial page data or join ack) that is already terminal: show
-   * a provisional ending until the terminal event (which the server sends on
-   * join) replaces it with exact numbers.
-   */
-  function provisionalEnding(snap) {
-    if (endedBy || !snap || !TERMINAL_STATES[snap.state]) return;
-    el.cancel.disabled = true;
-    if (snap.state === "SUCCESS") {
-      var r = snap.results;
-      if (r) setEnding("done", "Done: " + (r.count || 0) + " captions (" + (r.failed || 0) + " failed)");
-      else setEnding("done", "Done: " + (Number(snap.current) || 0) + " captions");
-    } else if (snap.state === "REVOKED") {
-      var done = snap.completed !== undefined ? snap.completed : snap.current;
-      setEnding("cancelled", "Cancelled after " + (Number(done) || 0) + " of " + (Number(snap.total) || 0) + " images");
-    } else {
-      var msg = snap.error && snap.error.message;
-      setEnding("failed", "Failed" + (msg ? ": " + msg : ""));
-    }
-  }
+  // ---- captions --------------------------------------------------------------------
 
-  // ---- captions ------------------------------------------------------------
+  var review = window.SkaldReview.create({
+    taskId: taskId, list: $("captions"), template: $("caption-template"),
+    summary: $("review-summary"), announce: say
+  });
+  $("copy-all").addEventListener("click", function () { review.copyAll(); });
+  $("approve-all").addEventListener("click", function (e) { review.approveAll(e.currentTarget); });
 
-  function captionItem(image, caption) {
-    var li = document.createElement("li");
-    li.setAttribute("data-image", image);
-    var name = document.createElement("strong");
-    name.textContent = image;
-    var text = document.createElement("span");
-    text.className = "caption-text";
-    if (caption === null || caption === undefined || caption === "") {
-      text.textContent = "(no caption)";
-      text.classList.add("muted");
-    } else {
-      text.textContent = caption;
-    }
-    li.append(name, " ", text);
-    return li;
-  }
-
-  /** Append a caption unless that image is already listed. */
-  function addCaption(image, caption) {
-    if (image === null || image === undefined) return;
-    image = String(image);
-    if (captionItems.has(image)) return;
-    var li = captionItem(image, caption);
-    captionItems.set(image, li);
-    el.captions.appendChild(li);
-  }
-
-  /** Replace the whole list (task_completed carries the full result set). */
-  function setCaptions(list) {
-    captionItems.clear();
-    el.captions.replaceChildren();
-    list.forEach(function (c) { if (c) addCaption(c.image, c.caption); });
-  }
-
-  function loadCaptions() {
-    S.apiFetch("/api/jobs/" + encodeURIComponent(taskId) + "/captions").then(function (result) {
-      if (!result.ok || !result.data || !Array.isArray(result.data.captions)) return;
-      result.data.captions.forEach(function (c) { if (c) addCaption(c.image, c.caption); });
-    });
-  }
-
-  // ---- terminal events -------------------------------------------------------
-
-  /** Returns false when this terminal event must be ignored. */
-  function acceptEnding(eventName) {
-    if (endedBy && endedBy !== eventName) return false;
-    endedBy = eventName;
-    el.cancel.disabled = true;
-    clearMessage();
-    return true;
-  }
-
-  function onCompleted(data) {
-    if (!isOurs(data) || !acceptEnding("task_completed")) return;
-    renderSnapshot(data);
-    var r = data.results || {};
-    if (Array.isArray(r.captions)) setCaptions(r.captions);
-    setEnding("done", "Done: " + (Number(r.count) || 0) + " captions (" + (Number(r.failed) || 0) + " failed)");
-  }
-
-  function onCancelled(data) {
-    if (!isOurs(data) || !acceptEnding("task_cancelled")) return;
-    renderSnapshot(data);
-    var done = data.completed !== undefined ? data.completed : data.current;
-    setEnding("cancelled", "Cancelled after " + (Number(done) || 0) + " of " + (Number(data.total) || 0) + " images");
-  }
-
-  function onError(data) {
-    if (!isOurs(data) || !acceptEnding("task_error")) return;
-    renderSnapshot(data);
-    var msg = (data.error && (data.error.message || data.error.type)) || "unknown error";
-    setEnding("failed", "Failed: " + msg);
-  }
-
+  var reloadTimer = null;
   function onProgress(data) {
-    if (!isOurs(data) || endedBy) return;
-    // Drop updates older than what is already shown (out-of-order delivery).
-    if (lastSnapshot && typeof data.updated_at === "number" &&
-        typeof lastSnapshot.updated_at === "number" && data.updated_at < lastSnapshot.updated_at) {
-      return;
+    var before = last ? Number(last.current) || 0 : 0;
+    render(data);
+    paceProgress(data);
+    var made = Array.isArray(data.recent_captions) ? data.recent_captions : (data.last_caption ? [data.last_caption] : []);
+    var matched = 0;
+    made.forEach(function (c) { if (c && review.captionMade(c.image, c.caption)) matched += 1; });
+    // Images done without a caption (unreadable ones): fetch their rows, at most once a second.
+    if ((Number(data.current) || 0) - before > matched && !reloadTimer) {
+      reloadTimer = setTimeout(function () { reloadTimer = null; review.load(); }, 1000);
     }
-    renderSnapshot(data);
-    // The bridge sends at most one update per 100 ms; recent_captions holds
-    // every caption folded into this one (last_caption only the newest).
-    const captions = Array.isArray(data.recent_captions) ? data.recent_captions
-      : (data.last_caption ? [data.last_caption] : []);
-    captions.forEach((c) => addCaption(c.image, c.caption));
   }
 
-  // ---- socket ------------------------------------------------------------------
+  // ---- live ----------------------------------------------------------------------------
 
-  function setConn(kind, text) {
-    el.conn.textContent = text;
+  var CONN_WORDS = { connecting: "connecting…", live: "live", reconnecting: "reconnecting…", disconnected: "disconnected" };
+  var watch = null;
+  var pollTimer = null;
+
+  function schedulePoll(state) {
+    clearTimeout(pollTimer);
+    if (state !== "PENDING" || ended || !watch) return;
+    pollTimer = setTimeout(function () { watch.status(); }, WAIT_POLL_MS);  // "waiting" has no push
+  }
+
+  S.onConnState(function (kind, refusal) {
+    el.conn.textContent = CONN_WORDS[kind] || kind;
     el.conn.setAttribute("data-conn", kind);
-  }
+    if (kind === "reconnecting" && !ended) say("Connection lost; reconnecting.");
+    if (kind === "disconnected" && refusal === "unauthorized") showMessage("Not logged in any more: reload the page to log in again.");
+  });
 
-  var socket;
   try {
-    socket = S.skaldSocket();
+    watch = S.live().watchTask(taskId, {
+      onSnapshot: function (snap) { clearMessage(); render(snap); },
+      onProgress: onProgress,
+      onEnd: onEnd,
+      onCaptionUpdated: function (row) { review.applyRow(row); },
+      onError: function (err) {
+        showMessage(err.message || err.code || "Could not follow this job.");
+        if (err.code === "not_found") setCancelable(false);
+      }
+    });
   } catch (e) {
-    setConn("disconnected", "disconnected");
     showMessage("Live updates are unavailable: " + e.message);
   }
 
-  function join() {
-    setConn("live", "live");
-    socket.timeout(ACK_TIMEOUT_MS).emit("join_task", { task_id: taskId }, function (err, ack) {
-      if (err) { showMessage("The server did not answer join_task in time."); return; }
-      if (ack && ack.ok) {
-        if (!endedBy) clearMessage();
-        // A stale ack must not undo a terminal event already shown.
-        if (ack.snapshot && !endedBy) {
-          renderSnapshot(ack.snapshot);
-          provisionalEnding(ack.snapshot);
-        }
-      } else {
-        var e = (ack && ack.error) || {};
-        showMessage(e.message || e.code || "Could not follow this job.");
-        if (e.code === "not_found") el.cancel.disabled = true;
-      }
-    });
-  }
-
-  if (socket) {
-    socket.on("connect", join); // also fires after each reconnect: re-join the room
-    socket.on("disconnect", function () {
-      // socket.active is false when the client will not retry by itself
-      // (server-side disconnect or refused connection).
-      if (socket.active) setConn("reconnecting", "reconnecting…");
-      else setConn("disconnected", "disconnected");
-    });
-    socket.on("connect_error", function (err) {
-      if (socket.active) {
-        setConn("reconnecting", "reconnecting…");
-      } else {
-        setConn("disconnected", "disconnected");
-        if (err && err.message === "unauthorized") showMessage("Not logged in: reload the page to log in again.");
-      }
-    });
-    socket.io.on("reconnect_attempt", function () { setConn("reconnecting", "reconnecting…"); });
-
-    socket.on("progress_update", onProgress);
-    socket.on("task_completed", onCompleted);
-    socket.on("task_cancelled", onCancelled);
-    socket.on("task_error", onError);
-
-    if (socket.connected) join();
-  }
-
-  // ---- cancel ------------------------------------------------------------------
+  // ---- cancel ----------------------------------------------------------------------------
 
   el.cancel.addEventListener("click", function () {
-    if (!socket || endedBy) return;
-    el.cancel.disabled = true;
+    if (!watch || ended || el.cancel.getAttribute("aria-disabled") === "true") return;
+    setCancelable(false);
     clearMessage();
-    socket.timeout(ACK_TIMEOUT_MS).emit("cancel_task", { task_id: taskId }, function (err, ack) {
-      if (err) {
-        showMessage("The server did not answer the cancel request in time.");
-        if (!endedBy) el.cancel.disabled = false;
-        return;
-      }
-      if (ack && ack.ok) {
-        if (endedBy) return;
+    say("Cancelling…");
+    watch.cancel().then(function (ack) {
+      if (ack.ok) {
+        if (ended) return;
         cancelRequested = true;
         setState("CANCELLING");
         el.eta.textContent = "";
-      } else {
-        var e = (ack && ack.error) || {};
-        showMessage(e.message || e.code || "Could not cancel this job.");
-        // 'conflict' means it already ended: the terminal event is on its way.
-        if (!endedBy && e.code !== "conflict") el.cancel.disabled = false;
+        say("Cancel requested: the job stops after the current image.");
+        return;
       }
+      var e = ack.error || {};
+      showMessage(e.message || e.code || "Could not cancel this job.");
+      say(el.message.textContent);
+      // 'conflict': it already ended, and the ending is on its way.
+      if (!ended && e.code !== "conflict") setCancelable(true);
     });
   });
 
-  // ---- start -------------------------------------------------------------------
+  // ---- start -------------------------------------------------------------------------------
 
+  if (el.created) el.created.textContent = S.formatTime(Number(el.created.getAttribute("data-unix")));
   var initial = null;
-  try {
-    var node = document.getElementById("initial-snapshot");
-    initial = node ? JSON.parse(node.textContent || "null") : null;
-  } catch (e) { initial = null; }
-  if (initial && typeof initial === "object") {
-    renderSnapshot(initial);
-    provisionalEnding(initial);
-    if (initial.last_caption) addCaption(initial.last_caption.image, initial.last_caption.caption);
-  }
-  loadCaptions();
+  try { initial = JSON.parse(($("initial-snapshot") || {}).textContent || "null"); } catch (e) { initial = null; }
+  if (initial && typeof initial === "object") render(initial);
+  review.load();
 })();
