@@ -18,9 +18,13 @@ def main() -> None:
 @main.command()
 def serve() -> None:
     """Run the web process (gevent, websocket transport; limits in web/server.py)."""
+    import logging
+
     from gcpolicy import keep_pauses_short
     from web import create_app
 
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     app = create_app(settings)
     socketio = app.extensions["socketio"]
