@@ -50,11 +50,15 @@ def register(socketio: SocketIO, app: Flask) -> None:
     conns = Connections()
     server = socketio.server
 
-    def disconnect(sid: str) -> None:
+    def disconnect_now(sid: str) -> None:
+        socketio.sleep(0.05)  # an event's refusal ack goes out first
         eio_sid = server.manager.eio_sid_from_sid(sid, "/")
         server.disconnect(sid, namespace="/", ignore_queue=True)
         if eio_sid is not None and eio_sid in server.eio.sockets:
             server.eio.disconnect(eio_sid)
+
+    def disconnect(sid: str) -> None:
+        socketio.start_background_task(disconnect_now, sid)
 
     guard = Guard(conns, svc.db, settings, disconnect)
     app.extensions["skald_connections"] = conns
