@@ -15,23 +15,12 @@ import requests
 
 from bridge.commands import send_cancel
 from protocol import SOCKETIO_CHANNEL
+from tests import test_faults
 from tests.support import Stack, Watcher, make_image, wait_for
 
 pytestmark = pytest.mark.slow
 ENDINGS = Watcher.ENDINGS
-
-
-@pytest.fixture()
-def make_stack(tmp_path):
-    stacks: list[Stack] = []
-
-    def make(**kw) -> Stack:
-        stack = Stack(tmp_path / f"s{len(stacks)}", **kw)
-        stacks.append(stack)
-        return stack
-    yield make
-    for s in stacks:
-        s.close()
+make_stack = test_faults.make_stack  # the fixture: private stacks, each closed afterwards
 
 
 def queued_jobs(stack: Stack, user: dict, tmp_path, n: int) -> list[str]:
