@@ -192,7 +192,7 @@ def test_fuzzed_socket_events_get_typed_acks(sock, queue_free_app, event, payloa
 http_paths = st.sampled_from([
     "/api/jobs", "/api/jobs/{id}", "/api/jobs/{id}/cancel", "/api/jobs/{id}/captions",
     "/api/workers", "/api/tasks", "/api/maintenance", "/healthz", "/metrics", "/login", "/",
-    "/jobs/{id}", "/admin"])
+    "/jobs/{id}", "/admin", "/account", "/account/token", "/account/logout-others", "/logout"])
 ids = st.one_of(st.uuids().map(str), st.text(alphabet=string.printable, max_size=40))
 
 

@@ -191,14 +191,16 @@ def account_logout_others():
 
 def _change_credentials(change) -> None:
     """Apply ``change`` to the caller's user row and bump the epoch; the caller's own
-    login session is carried over to the new epoch; every web process is told."""
+    login session is carried over to the new epoch; every web process is told.
+    Only a browser login may (scripts rotate with ``python -m web user token``)."""
+    if not current_user.session:
+        raise ApiError("forbidden", "the account page acts for a browser login only")
     svc = services()
     with svc.db() as db:
         user = db.get(User, current_user.id)
         change(user)
         epoch = bump_epoch(user)
-        if current_user.session:
-            sessions.restamp(db, current_user.session, epoch)
+        sessions.restamp(db, current_user.session, epoch)
         db.commit()
     announce(svc.redis, current_user.id)
 
