@@ -357,3 +357,14 @@ def test_login_works_while_redis_is_away(redisless_app, users):
     client = redisless_app.test_client()
     _logged_in(client, "no-redis-login", "login-password")
     assert client.get("/api/jobs").status_code == 200
+
+
+def test_logins_per_user_are_bounded(app, users, monkeypatch):
+    from web import sessions
+
+    monkeypatch.setattr(sessions, "SESSIONS_PER_USER", 2)
+    users("many-logins", password="many-password")
+    clients = [app.test_client() for _ in range(3)]
+    for c in clients:
+        _logged_in(c, "many-logins", "many-password")
+    assert [c.get("/api/jobs").status_code for c in clients] == [401, 200, 200]  # the oldest went

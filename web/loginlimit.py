@@ -4,9 +4,9 @@ Each key (the client's IP, and the user name tried, known or not) counts its
 failed logins. The first ``free`` failures cost nothing; after that each one
 locks the key for 1, 2, 4 ... seconds, up to ``LOGIN_BACKOFF_MAX``. While either
 key is locked, a login is answered ``429`` at once, without hashing anything,
-so a locked-out guesser costs the server almost nothing. Failures are forgotten
-``LOGIN_FAILURE_WINDOW`` seconds after the last one; a successful login clears
-its user name's count (not the IP's).
+so a locked-out guesser costs the server almost nothing. A key's failures are
+forgotten ``LOGIN_FAILURE_WINDOW`` seconds after its last lock ends; a
+successful login clears its user name's count (not the IP's).
 
 The counts live in Redis, shared by every web process. When Redis is away they
 live in this process's memory with the same rules, so an outage never lifts the
@@ -119,13 +119,15 @@ class LoginLimiter:
             pipe = self.client.pipeline(transaction=False)
             for key, policy in zip(keys, self.policies):
                 pipe.hincrby(key, "failures", 1)
-                pipe.expire(key, int(policy.cap + policy.window) + 1)
+                pipe.expire(key, int(policy.cap + policy.window) + 1)  # never stays forever
             counts = pipe.execute()[::2]
-            untils = [now + policy.delay(int(n)) for n, policy in zip(counts, self.policies)]
+            delays = [policy.delay(int(n)) for n, policy in zip(counts, self.policies)]
             pipe = self.client.pipeline(transaction=False)
-            for key, until in zip(keys, untils):
-                pipe.hset(key, "until", f"{until:.3f}")
+            for key, delay, policy in zip(keys, delays, self.policies):
+                pipe.hset(key, "until", f"{now + delay:.3f}")
+                pipe.expire(key, int(delay + policy.window) + 1)
             pipe.execute()
+            untils = [now + delay for delay in delays]
         except redis.RedisError as exc:
             log.warning("login limits kept in memory (Redis: %s)", exc)
             untils = [self.memory.fail(key, policy, now) for key, policy in zip(keys, self.policies)]

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from tasks.models import AuthSession, User
 from web.accounts import Principal
 
-CHUNK = 500  # ids per IN (...) query
+CHUNK = 500              # ids per IN (...) query
+SESSIONS_PER_USER = 100  # logins kept per user (bounded table)
 
 
 def _hash(secret: str) -> str:
@@ -32,15 +33,18 @@ def _hash(secret: str) -> str:
 
 def open_session(db: Session, user: User, max_age: float) -> Principal:
     """Record a new login for ``user``; returns its principal (``cookie`` is what the
-    session cookie must carry). Expired logins of the user are dropped on the way."""
+    session cookie must carry). Expired logins are dropped on the way, and a user
+    keeps at most :data:`SESSIONS_PER_USER` (the oldest go first)."""
     now = time.time()
-    db.execute(delete(AuthSession).where(AuthSession.user_id == user.id,
-                                         AuthSession.created_at < now - max_age))
+    db.execute(delete(AuthSession).where(AuthSession.created_at < now - max_age))
     secret = secrets.token_urlsafe(32)
     row = AuthSession(id=_hash(secret), user_id=user.id, epoch=user.auth_epoch or 0,
                       created_at=now)
     db.add(row)
     db.flush()
+    oldest = select(AuthSession.id).where(AuthSession.user_id == user.id) \
+        .order_by(AuthSession.created_at.desc()).offset(SESSIONS_PER_USER)
+    db.execute(delete(AuthSession).where(AuthSession.id.in_(oldest.scalar_subquery())))
     return Principal(id=user.id, name=user.name, role=user.role, epoch=row.epoch,
                      session=row.id, cookie=f"{user.id}:{secret}")
 
