@@ -85,14 +85,17 @@ def browser_login(url: str, name: str, password: str) -> tuple[requests.Session,
 def test_revoke_drops_connections_on_every_web_process(webs, web_procs, users, env, tmp_path):
     boss, victim = users("rv-boss", admin=True), users("rv-victim")
     job = submit_job(webs[0], victim, [make_image(tmp_path / "v.png")])
+    browser, _csrf = browser_login(webs[1], "rv-boss", boss["password"])
     clients = [Client(url, boss["token"]) for url in webs]
     try:
         for c in clients:
             assert c.call("join_admin_dashboard", {})["ok"] is True
+        assert browser.get(f"{webs[0]}/api/jobs").status_code == 200
         cli(env, "user", "revoke", "rv-boss")
         wait_for(lambda: not any(c.sio.connected for c in clients), 15, interval=0.1,
                  what="both connections to drop")
         for url in webs:
+            assert browser.get(f"{url}/api/jobs").status_code == 401  # its logins end too
             assert refused(url, boss["token"]) == "unauthorized"
             resp = requests.post(f"{url}/api/jobs/{job['task_id']}/cancel", headers=boss["headers"])
             assert resp.status_code == 401
