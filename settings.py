@@ -144,6 +144,35 @@ class Settings:
     socket_payload_bytes: int = env("SOCKET_PAYLOAD_BYTES", 16 * 1024, integer(256))
     connections_per_user: int = env("CONNECTIONS_PER_USER", 20, integer(1))
     cors_allowed_origins: tuple[str, ...] = env("CORS_ALLOWED_ORIGINS", (), names)
+    socketio_connect_timeout: float = env(
+        "SOCKETIO_CONNECT_TIMEOUT", 5.0, number(0.5),
+        doc="s an Engine.IO session may stay open without an accepted Socket.IO connect")
+    # -- sign-in and credentials (web/auth.py, web/loginlimit.py) ------------------------------
+    login_user_free: int = env("LOGIN_FREE_FAILURES", 5, integer(1),
+                               doc="failed logins per user name before each one adds a delay")
+    login_ip_free: int = env("LOGIN_IP_FREE_FAILURES", 20, integer(1),
+                             doc="failed logins per client IP before each one adds a delay")
+    login_backoff_max: float = env("LOGIN_BACKOFF_MAX", 900.0, number(1),
+                                   doc="longest delay (s) the login backoff imposes")
+    login_window: float = env("LOGIN_FAILURE_WINDOW", 900.0, number(1),
+                              doc="s without a failure after which the failures are forgotten")
+    session_max_age: float = env("SESSION_MAX_AGE", 7 * 24 * 3600.0, number(60),
+                                 doc="s a browser login lasts at most")
+    auth_recheck_seconds: float = env("AUTH_RECHECK_SECONDS", 1.0, number(0, 60),
+                                      doc="longest a Socket.IO event relies on an earlier credential check")
+    auth_sweep_seconds: float = env("AUTH_SWEEP_SECONDS", 5.0, number(0.5),
+                                    doc="s between re-checks of every open connection's credentials")
+    trusted_proxies: int = env("TRUSTED_PROXIES", 0, integer(0, 5),
+                               doc="proxies in front whose X-Forwarded-For is believed (client IPs)")
+    # -- connections (web/server.py, gevent) -------------------------------------------------------
+    http_header_timeout: float = env("HTTP_HEADER_TIMEOUT", 10.0, number(0.5),
+                                     doc="s a connection may take to send a request line and headers")
+    http_idle_timeout: float = env("HTTP_IDLE_TIMEOUT", 60.0, number(1),
+                                   doc="s a socket read or write may wait (bodies, websockets)")
+    unauth_connections_per_ip: int = env("UNAUTH_CONNECTIONS_PER_IP", 50, integer(0),
+                                         doc="open connections per IP not yet authenticated (0: no cap)")
+    max_connections: int = env("MAX_CONNECTIONS", 0, integer(0),
+                               doc="open connections at most (0: from the file-descriptor limit)")
     # -- bridge ------------------------------------------------------------------------------------
     bridge_max_tasks: int = env("BRIDGE_MAX_TASKS", 100_000, integer(1))
     cancel_grace_seconds: float = env("CANCEL_GRACE_SECONDS", 30.0, number(0))

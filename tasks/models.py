@@ -42,6 +42,19 @@ class User(Base):
         return self.role == "admin"
 
 
+class AuthSession(Base):
+    """One browser login. The cookie carries its id; every request checks that the row still
+    exists and that its epoch is the user's, so logging out (the row is deleted) or a bump of
+    the user's ``auth_epoch`` ends it, even for a copied cookie. Stored as a SHA-256 hash."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie's id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)  # the user's auth_epoch at login
+    created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 

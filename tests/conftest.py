@@ -37,6 +37,7 @@ def settings(redis_proc: RedisProcess, base_dir: Path) -> Settings:
         # has workers of its own in tests/test_image_jobs.py.
         captioner="basic",
         uploads_per_minute=1000, socket_rate=1000.0, socket_burst=1000,
+        login_ip_free=1000, login_user_free=100,
         cancel_grace_seconds=30.0, reconcile_seconds=2.0)
 
 @pytest.fixture(scope="session")
@@ -90,12 +91,13 @@ def users(app):
 
     made: dict[str, dict] = {}
 
-    def make(name: str, admin: bool = False, password: str = "pw-" + "x" * 8) -> dict:
+    def make(name: str, admin: bool = False, password: str = "pw-" + "x" * 8,
+             role: str = "user") -> dict:
         if name not in made:
             with session_scope(app.extensions["skald"].settings.database_url) as db:
-                user, token = create_user(db, name, password=password, admin=admin)
+                user, token = create_user(db, name, password=password, admin=admin, role=role)
                 made[name] = {"id": user.id, "name": name, "token": token,
-                              "password": password, "admin": admin,
+                              "password": password, "admin": admin, "role": user.role,
                               "headers": {"Authorization": f"Bearer {token}"}}
         return made[name]
     return make

@@ -192,7 +192,7 @@ def test_fuzzed_socket_events_get_typed_acks(sock, queue_free_app, event, payloa
 http_paths = st.sampled_from([
     "/api/jobs", "/api/jobs/{id}", "/api/jobs/{id}/cancel", "/api/jobs/{id}/captions",
     "/api/workers", "/api/tasks", "/api/maintenance", "/healthz", "/metrics", "/login", "/",
-    "/jobs/{id}", "/admin"])
+    "/jobs/{id}", "/admin", "/account", "/account/token", "/account/logout-others", "/logout"])
 ids = st.one_of(st.uuids().map(str), st.text(alphabet=string.printable, max_size=40))
 
 
@@ -238,3 +238,133 @@ def test_fuzzed_uploads_never_5xx(app, users):
                        data={"images": [(io.BytesIO(buf.getvalue()), "ok.png")], "other": "x"})
     assert resp.status_code == 202
     assert job_count(app) == jobs_before + 1
+
+
+# -- credentials: bearer vs cookie, logins, redirects, headers, Redis away -------------------------
+def _logged_in(client, name: str, password: str) -> str:
+    """Log ``client`` in through the form; returns the session's CSRF token."""
+    token = csrf_token(client)
+    resp = client.post("/login", data={"username": name, "password": password, "csrf_token": token})
+    assert resp.status_code == 302, resp.get_data(as_text=True)[:300]
+    return token
+
+
+def test_a_bad_bearer_never_falls_back_to_the_session_cookie(app, users, rclient_app):
+    boss = users("bearer-boss", admin=True, password="boss-password")
+    client = app.test_client()
+    csrf = _logged_in(client, "bearer-boss", "boss-password")
+    junk = {"Authorization": "Bearer junk"}
+    resp = client.post("/api/maintenance", json={"active": True}, headers=junk)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unauthorized"
+    assert client.get("/api/jobs", headers=junk).status_code == 401
+    assert client.get("/api/maintenance").get_json()["active"] is False  # nothing changed
+    # The cookie alone still needs its CSRF token; a real bearer token needs none.
+    assert client.post("/api/maintenance", json={"active": False}).status_code == 400
+    assert client.post("/api/maintenance", json={"active": False},
+                       headers={"X-CSRFToken": csrf}).status_code == 200
+    assert app.test_client().post("/api/maintenance", json={"active": False},
+                                  headers=boss["headers"]).status_code == 200
+
+
+@pytest.fixture()
+def rclient_app(app):
+    yield app.extensions["skald"].redis
+    app.extensions["skald"].redis.delete("skald:maintenance")
+
+
+@pytest.mark.parametrize("target", ["/\r\nSet-Cookie: evil=1", "/%0d%0aX: y\r\n", "//evil.example/",
+                                    "/\\evil.example", "https://evil.example/", "/ok\x00"])
+def test_login_redirect_stays_local_and_never_breaks_headers(app, users, target):
+    users("next-user", password="next-password")
+    client = app.test_client()
+    token = csrf_token(client)
+    resp = client.post("/login", data={"username": "next-user", "password": "next-password",
+                                       "csrf_token": token, "next": target})
+    assert resp.status_code == 302
+    location = resp.headers["Location"]
+    assert "\r" not in location and "\n" not in location and "evil" not in location
+    assert location in ("/", "http://localhost/") or location.startswith("/%0d")
+
+
+def test_login_redirect_keeps_a_local_path(app, users):
+    users("next-user", password="next-password")
+    client = app.test_client()
+    token = csrf_token(client)
+    resp = client.post("/login", data={"username": "next-user", "password": "next-password",
+                                       "csrf_token": token, "next": "/jobs/abc?x=1"})
+    assert resp.headers["Location"].endswith("/jobs/abc?x=1")
+
+
+def test_answers_carry_security_headers(client, users):
+    u = users("header-user")
+    for resp in (client.get("/api/jobs", headers=u["headers"]), client.get("/healthz"),
+                 client.get("/api/jobs/nope", headers=u["headers"]), client.get("/api/jobs"),
+                 client.get("/login")):
+        assert resp.headers.get("X-Content-Type-Options") == "nosniff", resp.status_code
+        assert resp.headers.get("X-Frame-Options") == "DENY"
+
+
+def test_logout_makes_a_copied_cookie_useless(app, users):
+    users("copy-user", password="copy-password")
+    client = app.test_client()
+    csrf = _logged_in(client, "copy-user", "copy-password")
+    stolen = client.get_cookie("session").value
+    thief = app.test_client()
+    thief.set_cookie("session", stolen)
+    assert thief.get("/api/jobs").status_code == 200
+    assert client.post("/logout", data={"csrf_token": csrf}).status_code == 302
+    assert thief.get("/api/jobs").status_code == 401
+    assert client.get("/api/jobs").status_code == 401
+    # A new login is a new session; the stolen one stays dead.
+    _logged_in(client, "copy-user", "copy-password")
+    assert client.get("/api/jobs").status_code == 200
+    assert thief.get("/api/jobs").status_code == 401
+
+
+@pytest.fixture(scope="module")
+def redisless_app(settings):
+    """The web app pointed at a Redis that is not there (a port nothing listens on)."""
+    from devstack import free_port
+    from web import create_app
+
+    return create_app(settings.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                                              broker_url=f"redis://127.0.0.1:{free_port()}/0"),
+                      message_queue=False)
+
+
+def test_redis_away_is_503_unavailable_never_a_bare_500(redisless_app, users):
+    u, boss = users("no-redis-user"), users("no-redis-boss", admin=True)
+    client = redisless_app.test_client()
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    before = job_count(redisless_app)
+    resp = client.post("/api/jobs", headers=u["headers"], content_type="multipart/form-data",
+                       data={"images": [(io.BytesIO(buf.getvalue()), "a.png")]})
+    assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "unavailable"
+    assert job_count(redisless_app) == before
+    for path in ("/api/cluster", "/api/workers", "/api/tasks", "/api/maintenance", "/healthz"):
+        resp = client.get(path, headers=boss["headers"])
+        assert resp.status_code == 503, (path, resp.status_code)
+        if path != "/healthz":
+            assert resp.get_json()["error"]["code"] == "unavailable", path
+    assert client.get("/api/jobs", headers=u["headers"]).status_code == 200  # the database answers
+    assert client.post("/api/maintenance", json={"active": True},
+                       headers=boss["headers"]).status_code == 503
+
+
+def test_login_works_while_redis_is_away(redisless_app, users):
+    users("no-redis-login", password="login-password")
+    client = redisless_app.test_client()
+    _logged_in(client, "no-redis-login", "login-password")
+    assert client.get("/api/jobs").status_code == 200
+
+
+def test_logins_per_user_are_bounded(app, users, monkeypatch):
+    from web import sessions
+
+    monkeypatch.setattr(sessions, "SESSIONS_PER_USER", 2)
+    users("many-logins", password="many-password")
+    clients = [app.test_client() for _ in range(3)]
+    for c in clients:
+        _logged_in(c, "many-logins", "many-password")
+    assert [c.get("/api/jobs").status_code for c in clients] == [401, 200, 200]  # the oldest went

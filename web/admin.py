@@ -4,9 +4,10 @@ Everything here reads what the bridge stored in Redis (``bridge/store.py``);
 the web process writes only the maintenance flag and cancel requests (the same
 ``jobs.queue_cancel``, the same path as a watcher's cancel).
 
-Admin API errors follow the contract: ``401 unauthorized`` without a login,
-``403 forbidden`` for a user who is not an admin, ``400 invalid`` for a bad
-query or body.
+Reads (the page, workers, cluster, tasks) need :data:`web.roles.VIEW_ALL` (viewers
+and admins), actions :data:`web.roles.ACT_ALL` (admins). Errors follow the
+contract: ``401 unauthorized`` without a login, ``403 forbidden`` for a role that
+may not, ``400 invalid`` for a bad query or body.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from flask_login import current_user
 from redis.exceptions import RedisError
 
@@ -23,9 +24,10 @@ import protocol
 from bridge import store
 from web import jobs, metrics
 from web.api import limit_arg
-from web.auth import admin_required, user_required
+from web.auth import user_required
 from web.errors import ApiError
 from web.maintenance import maintenance_status, set_maintenance
+from web.roles import ACT_ALL, VIEW_ALL, can, require
 from web.services import services
 
 bp = Blueprint("admin", __name__)
@@ -38,23 +40,22 @@ TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,155}$")  # Celery ids: UUIDs or cu
 
 # -- the page -----------------------------------------------------------------------------
 @bp.get("/admin")
-@user_required
+@require(VIEW_ALL)
 def admin_page():
-    if not current_user.is_admin:
-        abort(403)
-    return render_template("admin.html", states=protocol.STATES)
+    return render_template("admin.html", states=protocol.STATES,
+                           can_act=can(current_user, ACT_ALL))
 
 
 # -- cluster -------------------------------------------------------------------------------
 @bp.get("/api/workers")
-@admin_required
+@require(VIEW_ALL)
 def list_workers():
     """Workers as the bridge last stored them, online first."""
     return jsonify({"workers": _redis_read(store.read_workers)})
 
 
 @bp.get("/api/cluster")
-@admin_required
+@require(VIEW_ALL)
 def cluster_state():
     """What the page needs on load: metrics, history of the charts, recent alerts."""
     state = _redis_read(store.read_cluster)
@@ -69,7 +70,7 @@ def cluster_state():
 
 # -- tasks ------------------------------------------------------------------------------------
 @bp.get("/api/tasks")
-@admin_required
+@require(VIEW_ALL)
 def list_tasks():
     """Tasks the bridge has seen, newest first; ``state``, ``name``, ``q`` (id search), ``limit``.
 
@@ -125,7 +126,7 @@ def _pages(svc: Any):
 
 
 @bp.get("/api/tasks/<task_id>")
-@admin_required
+@require(VIEW_ALL)
 def get_task(task_id: str):
     """One task's detail: args (trimmed), result or traceback, runtime, worker, ending."""
     record = _record(task_id)
@@ -136,7 +137,7 @@ def get_task(task_id: str):
 
 
 @bp.post("/api/tasks/<task_id>/cancel")
-@admin_required
+@require(ACT_ALL)
 def cancel_task(task_id: str):
     """Cancel any task: a caption job as its owner's cancel does; others by task id."""
     svc = services()
@@ -178,7 +179,7 @@ def get_maintenance():
 
 
 @bp.post("/api/maintenance")
-@admin_required
+@require(ACT_ALL)
 def post_maintenance():
     """Switch maintenance on or off: ``{"active", "message", "until"}`` -> 200 the new status.
 

@@ -11,6 +11,7 @@ from web import jobs
 from web.auth import user_required
 from web.errors import ApiError
 from web.maintenance import maintenance_status
+from web.roles import VIEW_ALL, check, may_act_on
 from web.services import services
 from web.uploads import remove_stored, save_uploads
 
@@ -68,8 +69,8 @@ def submit_job():
 @user_required
 def list_jobs():
     all_users = request.args.get("all") in ("1", "true", "yes")
-    if all_users and not current_user.is_admin:
-        raise ApiError("forbidden", "only admins may list every user's jobs")
+    if all_users:
+        check(current_user, VIEW_ALL)
     before = request.args.get("cursor") or None
     if before is not None and not (before.isdigit() and len(before) < 19):
         raise ApiError("invalid", "cursor must be a next_cursor of a previous page")
@@ -98,6 +99,8 @@ def get_job(task_id: str):
 @user_required
 def cancel_job(task_id: str):
     svc, job, owner = _job_view(task_id)
+    if not may_act_on(current_user, job.owner_id):
+        raise ApiError("forbidden", "only the job's owner or an admin may cancel it")
     jobs.request_cancel(svc, job, owner, by=current_user.name)
     return jsonify({"task_id": task_id, "state": "CANCELLING"}), 202
 

@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, g, request
 from flask_login import current_user
 from flask_socketio import SocketIO
 from flask_wtf.csrf import CSRFProtect
@@ -20,6 +20,7 @@ from settings import Settings, load_settings
 from tasks.app import make_celery
 from tasks.cancel import redis_client
 from tasks.db import sessions
+from web.errors import ApiError
 from web.services import Services
 
 log = logging.getLogger(__name__)
@@ -104,20 +105,41 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.register_blueprint(review.bp)
 
     @app.before_request
-    def _csrf_for_sessions():
-        # CSRF guards ambient credentials: every form, and API calls made with
-        # the session cookie. Bearer-token calls carry none; anonymous API
-        # calls are refused as unauthorized by the view.
-        if request.method not in ("POST", "PUT", "PATCH", "DELETE") or auth.bearer_token():
+    def _credentials_and_csrf():
+        # With a Bearer header only the token counts (the cookie is never used):
+        # a bad one is 401 on the API whatever cookie comes with it. CSRF guards
+        # ambient credentials: every form, and API calls made with the session
+        # cookie; it is skipped only for a request a bearer token authenticated.
+        if auth.has_bearer():
+            if current_user.is_authenticated:
+                return
+            if request.path.startswith("/api/"):
+                raise ApiError("unauthorized", "the bearer token is not valid")
+        if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
             return
         if current_user.is_authenticated or not request.path.startswith("/api/"):
             csrf.protect()
 
+    @app.after_request
+    def _promote_connection(response):
+        # A request that authenticated: its connection stops counting against
+        # the per-IP cap of anonymous connections (web/server.py).
+        user = g.get("_login_user")
+        promote = request.environ.get("skald.connection")
+        if promote is not None and user is not None and user.is_authenticated:
+            promote()
+        return response
+
+    async_mode = _async_mode(settings.web_async_mode)
+    manager = None
+    if message_queue:
+        from web.messagequeue import MessageQueue
+
+        manager = MessageQueue(settings.redis_url, channel=SOCKETIO_CHANNEL)
     socketio = SocketIO(
         app,
-        async_mode=_async_mode(settings.web_async_mode),
-        message_queue=settings.redis_url if message_queue else None,
-        channel=SOCKETIO_CHANNEL,
+        async_mode=async_mode,
+        client_manager=manager,
         cors_allowed_origins=list(settings.cors_allowed_origins) or None,
         # Engine.IO drops a connection past this; the 16 KB payload cap is
         # checked per event so an oversized payload gets an `invalid` ack.
@@ -127,4 +149,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     )
     sockets.register(socketio, app)
     admin.init_app(app, socketio)  # operator view, /metrics; after sockets (connections)
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Outermost, so pages, the API and Socket.IO all see the client's address.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
+                                x_proto=settings.trusted_proxies)
     return app

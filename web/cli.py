@@ -17,98 +17,117 @@ def main() -> None:
 
 @main.command()
 def serve() -> None:
-    """Run the web process (gevent, websocket transport)."""
+    """Run the web process (gevent, websocket transport; limits in web/server.py)."""
+    import logging
+
     from gcpolicy import keep_pauses_short
     from web import create_app
 
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     app = create_app(settings)
     socketio = app.extensions["socketio"]
     keep_pauses_short()  # thousands of connections: keep full GC pauses short
     click.echo(f"Skald web on http://{settings.web_host}:{settings.web_port}/", err=True)
-    options = {"handler_class": _no_delay_handler()} if socketio.async_mode == "gevent" else {}
-    socketio.run(app, host=settings.web_host, port=settings.web_port,
-                 log_output=True, allow_unsafe_werkzeug=True, **options)
+    if socketio.async_mode == "gevent":
+        from web.server import serve as serve_gevent
+
+        serve_gevent(app, settings)
+    else:
+        socketio.run(app, host=settings.web_host, port=settings.web_port,
+                     log_output=True, allow_unsafe_werkzeug=True)
 
 
 def _no_delay_handler() -> type:
-    """gevent's request handler with Nagle's algorithm off on each connection.
+    """gevent's request handler as ``serve`` uses it (Nagle off, timeouts, per-IP cap)."""
+    from web.server import make_handler
 
-    A websocket frame written while the previous one is still unacknowledged
-    would otherwise wait for the client's delayed ACK (40 ms on Linux): the
-    larger part of a watcher's delivery p99 at 1 000 events/s (bench/LEVERS.md).
-    """
-    import socket
-
-    from gevent import pywsgi
-
-    class NoDelayHandler(pywsgi.WSGIHandler):
-        def __init__(self, sock, address, server, rfile=None) -> None:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().__init__(sock, address, server, rfile)
-
-    return NoDelayHandler
+    return make_handler()
 
 
 @main.group()
 def user() -> None:
-    """Manage users."""
+    """Manage users (every change of credentials or role ends the sessions it affects)."""
+
+
+def _account_change(change, *args):
+    """Run ``change(db, *args)`` in one transaction, announce the user's credential
+    change to every web process, and return its result; a refused change is exit 1."""
+    from tasks.cancel import redis_client
+    from tasks.db import session_scope
+    from web.accounts import AccountError, announce
+
+    settings = load_settings()
+    try:
+        with session_scope(settings.database_url) as db:
+            result = change(db, *args)
+            user_id = result[0].id
+    except AccountError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    announce(redis_client(settings.redis_url), user_id)
+    return result
 
 
 @user.command("add")
 @click.argument("name")
-@click.option("--admin", is_flag=True, help="May see every job and the operator view.")
+@click.option("--admin", is_flag=True, help="The same as --role admin.")
+@click.option("--role", type=click.Choice(["user", "viewer", "admin"]), default=None,
+              help="user (default): own jobs; viewer: reads everything an admin reads; admin: everything.")
 @click.option("--password", help="Password for the web login (generated when omitted).")
-def user_add(name: str, admin: bool, password: str | None) -> None:
+def user_add(name: str, admin: bool, role: str | None, password: str | None) -> None:
     """Create a user; prints its API token alone on the last line."""
     from tasks.db import session_scope
-    from web.auth import AccountError, create_user
+    from web.accounts import AccountError, create_user
 
+    if admin and role not in (None, "admin"):
+        click.echo("error: --admin is --role admin; give one of them", err=True)
+        sys.exit(2)
+    role = "admin" if admin else (role or "user")
     settings = load_settings()
     generated = password is None
     password = password or secrets.token_urlsafe(12)
     try:
         with session_scope(settings.database_url) as db:
-            _, token = create_user(db, name, password=password, admin=admin)
+            _, token = create_user(db, name, password=password, role=role)
     except AccountError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"created {'admin' if admin else 'user'} {name}")
+    click.echo(f"created {role} {name}")
     if generated:
         click.echo(f"password: {password}")
     click.echo(token)
 
 
+@user.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["user", "viewer", "admin"]))
+def user_role(name: str, role: str) -> None:
+    """Give NAME the ROLE; their open sessions and connections end (they sign in again)."""
+    from web.accounts import set_role
+
+    _, changed = _account_change(set_role, name, role)
+    click.echo(f"{name} is now {role}" if changed else f"{name} already is {role}")
+
+
 @user.command("revoke")
 @click.argument("name")
 def user_revoke(name: str) -> None:
-    """Revoke a user's API token (the web login keeps working)."""
-    from tasks.db import session_scope
-    from web.auth import AccountError, rotate_token
+    """Revoke a user's API token; every session and connection of theirs ends."""
+    from web.accounts import rotate_token
 
-    try:
-        with session_scope(load_settings().database_url) as db:
-            rotate_token(db, name, revoke_only=True)
-    except AccountError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    _account_change(rotate_token, name, True)
     click.echo(f"revoked the API token of {name}")
 
 
 @user.command("token")
 @click.argument("name")
 def user_token(name: str) -> None:
-    """Issue a new API token for NAME (the old one stops working); printed last."""
-    from tasks.db import session_scope
-    from web.auth import AccountError, rotate_token
+    """Issue a new API token for NAME (the old one, and what it opened, stop); printed last."""
+    from web.accounts import rotate_token
 
-    try:
-        with session_scope(load_settings().database_url) as db:
-            token = rotate_token(db, name)
-    except AccountError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    _, token = _account_change(rotate_token, name, False)
     click.echo(token)
 
 

@@ -1,12 +1,29 @@
-"""JSON errors of the contract: ``{"error": {"code", "message"}}`` with its status."""
+"""JSON errors of the contract: ``{"error": {"code", "message"}}`` with its status.
+
+A backing service that is away (Redis, the broker, the database) is ``503
+unavailable`` wherever it surfaces, never a bare 500: one handler per kind of
+error rather than a ``try`` in every view.
+"""
 from __future__ import annotations
 
 import logging
 
 from flask import Flask, jsonify, render_template, request
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
+# Sent with every answer: no MIME sniffing of JSON or uploads, no framing of our
+# pages (the cancel and maintenance buttons), no full URLs (watch tokens) in Referer.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                    "Referrer-Policy": "same-origin"}
+UNAVAILABLE = {
+    RedisError: "live state (Redis) is unavailable; try again shortly",
+    KombuOperationalError: "the job queue is not reachable; try again shortly",
+    DatabaseOperationalError: "the database is unavailable; try again shortly",
+}
 
 STATUS = {
     "invalid": 400,
@@ -68,6 +85,23 @@ def register(app: Flask) -> None:
         if err.status in (403, 404) and not wants_json():
             return error_page(err.status)
         return jsonify(err.body()), err.status
+
+    def _unavailable(err: Exception):
+        message = next(m for kind, m in UNAVAILABLE.items() if isinstance(err, kind))
+        log.warning("%s %s: %s (%s)", request.method, request.path, message, err)
+        if wants_json():
+            return jsonify({"error": {"code": "unavailable", "message": message}}), 503
+        return f"Skald is briefly unavailable: {message}.", 503, {"Content-Type": "text/plain; charset=utf-8",
+                                                                  "Retry-After": "5"}
+
+    for kind in UNAVAILABLE:
+        app.register_error_handler(kind, _unavailable)
+
+    @app.after_request
+    def _security_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):

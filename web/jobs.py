@@ -25,6 +25,7 @@ from tasks.models import Image, Job, User
 from web.captions import failed_images
 from web.captions import rows as caption_rows
 from web.errors import ApiError
+from web.roles import VIEW_ALL, can
 from web.services import Services, services
 from web.uploads import StoredImage
 
@@ -65,11 +66,12 @@ def track(svc: Services, task_id: str, job_id: int, owner: str, total: int) -> N
 
 
 def find_job(db: Session, task_id: str, user: Any) -> Job:
-    """The job if ``user`` may see it; otherwise ``not_found`` (existence is not leaked)."""
+    """The job if ``user`` may see it (its owner, a viewer or an admin); otherwise
+    ``not_found`` (existence is not leaked). Acting on it is ``roles.may_act_on``."""
     if not is_uuid(task_id):
         raise ApiError("not_found", "no such job")
     job = db.scalar(select(Job).where(Job.task_id == task_id))
-    if job is None or (job.owner_id != user.id and not user.is_admin):
+    if job is None or (job.owner_id != user.id and not can(user, VIEW_ALL)):
         raise ApiError("not_found", "no such job")
     return job
 
@@ -175,7 +177,7 @@ def list_jobs(svc: Services, user: Any, all_users: bool, limit: int, *,
     """
     with svc.db() as db:
         q = select(Job, User.name).join(User, User.id == Job.owner_id)
-        if not (all_users and user.is_admin):
+        if not (all_users and can(user, VIEW_ALL)):
             q = q.where(Job.owner_id == user.id)
         if before is not None:
             q = q.where(Job.id < before)

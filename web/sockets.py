@@ -2,19 +2,21 @@
 
 Every client event is answered through its acknowledgement, ``{"ok": true, ...}``
 or ``{"ok": false, "error": {"code", "message"}}``; nothing a client sends can
-break the connection or the process.
+break the connection or the process. Each event first re-checks that the
+connection's credentials still hold (``web/connections.py``), then its role
+(``web/roles.py``): a viewer watches any task and the admin room, only an
+admin acts on other users' jobs.
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
+import orjson
 from flask import Flask, current_app, request
 from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, emit, join_room, leave_room
@@ -23,54 +25,18 @@ from redis.exceptions import RedisError
 import protocol
 from bridge.store import read_metrics
 from web import jobs, metrics
-from web.auth import Principal, principal_for_token
+from web.accounts import Principal
+from web.auth import principal_for_token
+from web.connections import Conn, Connections, Guard, install
 from web.errors import ApiError
 from web.maintenance import maintenance_status
 from web.ratelimit import TokenBucket
+from web.roles import VIEW_ALL, check, may_act_on
 from web.services import services
 
 log = logging.getLogger(__name__)
 
 TASK_KEYS = frozenset({"task_id"})
-
-
-@dataclass
-class Conn:
-    user: Principal
-    bucket: TokenBucket
-
-
-class Connections:
-    """Who is connected to this web process (per-process, thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.by_sid: dict[str, Conn] = {}
-        self.per_user: dict[int, int] = {}
-
-    def add(self, sid: str, conn: Conn, cap: int) -> bool:
-        with self._lock:
-            if self.per_user.get(conn.user.id, 0) >= cap:
-                return False
-            self.by_sid[sid] = conn
-            self.per_user[conn.user.id] = self.per_user.get(conn.user.id, 0) + 1
-            return True
-
-    def remove(self, sid: str) -> None:
-        with self._lock:
-            conn = self.by_sid.pop(sid, None)
-            if conn is not None:
-                left = self.per_user.get(conn.user.id, 1) - 1
-                if left > 0:
-                    self.per_user[conn.user.id] = left
-                else:
-                    self.per_user.pop(conn.user.id, None)
-
-    def get(self, sid: str) -> Conn | None:
-        return self.by_sid.get(sid)
-
-    def __len__(self) -> int:
-        return len(self.by_sid)
 
 
 def fail(code: str, message: str) -> dict:
@@ -79,24 +45,45 @@ def fail(code: str, message: str) -> dict:
 
 
 def register(socketio: SocketIO, app: Flask) -> None:
-    settings = app.extensions["skald"].settings
+    svc = app.extensions["skald"]
+    settings = svc.settings
     conns = Connections()
-    app.extensions["skald_connections"] = conns
+    server = socketio.server
 
-    def handler(name: str, keys: frozenset[str]) -> Callable:
-        """Wrap a client-event handler: rate limit, payload checks, errors as acks."""
+    def disconnect_now(sid: str) -> None:
+        socketio.sleep(0.05)  # an event's refusal ack goes out first
+        eio_sid = server.manager.eio_sid_from_sid(sid, "/")
+        server.disconnect(sid, namespace="/", ignore_queue=True)
+        if eio_sid is not None and eio_sid in server.eio.sockets:
+            server.eio.disconnect(eio_sid)
+
+    def disconnect(sid: str) -> None:
+        socketio.start_background_task(disconnect_now, sid)
+
+    guard = Guard(conns, svc.db, settings, disconnect)
+    app.extensions["skald_connections"] = conns
+    app.extensions["skald_guard"] = guard
+    install(socketio, guard)
+    if hasattr(server.manager, "hooks"):
+        server.manager.hooks = RoomHooks(conns, guard, svc.store)
+
+    def handler(name: str, keys: frozenset[str], needs: str | None = None,
+                refuse: str = "forbidden") -> Callable:
+        """Wrap a client-event handler: credentials, rate limit, payload, role, errors as acks."""
         def deco(fn: Callable[[Conn, dict], dict]) -> Callable:
             @wraps(fn)
             def wrapped(data: Any = None, *extra: Any) -> dict:
                 conn = conns.get(request.sid)
-                if conn is None:
-                    return fail("unauthorized", "not connected")
+                if conn is None or not guard.current(request.sid, conn):
+                    return fail("unauthorized", "not connected, or the credentials changed")
                 if not conn.bucket.take():
                     return fail("rate_limited", "too many events; slow down")
                 problem = _check_payload(data, keys, settings.socket_payload_bytes)
                 if problem:
                     return fail("invalid", problem)
                 try:
+                    if needs is not None:
+                        check(conn.user, needs, refuse)
                     return fn(conn, data or {})
                 except ApiError as err:
                     return fail(err.code, err.message)
@@ -120,9 +107,13 @@ def register(socketio: SocketIO, app: Flask) -> None:
         if not conns.add(request.sid, conn, settings.connections_per_user):
             metrics.SOCKET_REJECTED.labels(reason="rate_limited").inc()
             raise ConnectionRefusedError("rate_limited")
+        guard.connected(server.manager.eio_sid_from_sid(request.sid, "/"))
+        promote = request.environ.get("skald.connection")
+        if promote is not None:
+            promote()  # an authenticated connection: no longer counted as anonymous
         metrics.WATCHERS.set(len(conns))
         emit(protocol.CONNECTED, {"sid": request.sid, "user": user.name, "is_admin": user.is_admin,
-                           "server_time": time.time()})
+                                  "role": user.role, "server_time": time.time()})
         try:
             status = maintenance_status(services().redis)
         except RedisError:
@@ -139,11 +130,10 @@ def register(socketio: SocketIO, app: Flask) -> None:
         task_id = data.get("task_id")
         if not jobs.is_uuid(task_id):
             raise ApiError("invalid", "task_id must be a UUID")
-        svc = services()
-        with svc.db() as db:
+        with services().db() as db:
             job = jobs.find_job(db, task_id, conn.user)
             owner = job.owner.name
-        return svc, job, owner
+        return services(), job, owner
 
     @handler("join_task", TASK_KEYS)
     def join_task(conn: Conn, data: dict) -> dict:
@@ -158,9 +148,11 @@ def register(socketio: SocketIO, app: Flask) -> None:
         ending = jobs.ending(svc, job, snap, record)
         if ending is not None:
             # It ended: this is the client's one ending. It stays in the room for
-            # caption_updated (review); clients keep the first ending they get.
-            emit(ending["event"], ending["payload"])
-        else:
+            # caption_updated (review); a late duplicate of the ending from the
+            # room skips a client that already had it (claim_ending).
+            if conns.claim_ending(request.sid, job.task_id):
+                emit(ending["event"], ending["payload"])
+        elif not conns.has_ending(request.sid, job.task_id):
             emit(protocol.PROGRESS_UPDATE, snap)
         return {"ok": True, "snapshot": snap}
 
@@ -170,11 +162,14 @@ def register(socketio: SocketIO, app: Flask) -> None:
         if not jobs.is_uuid(task_id):
             raise ApiError("invalid", "task_id must be a UUID")
         leave_room(protocol.task_room(task_id))
+        conns.forget_task(request.sid, task_id)
         return {"ok": True}
 
     @handler("cancel_task", TASK_KEYS)
     def cancel_task(conn: Conn, data: dict) -> dict:
         svc, job, owner = _job(conn, data)
+        if not may_act_on(conn.user, job.owner_id):
+            raise ApiError("forbidden", "only the job's owner or an admin may cancel it")
         jobs.request_cancel(svc, job, owner, by=conn.user.name)
         return {"ok": True, "state": "CANCELLING"}
 
@@ -184,10 +179,8 @@ def register(socketio: SocketIO, app: Flask) -> None:
         return {"ok": True, "snapshot": jobs.live_snapshot(job, owner,
                                                            jobs.fetch_record(svc, job.task_id))}
 
-    @handler("join_admin_dashboard", frozenset())
+    @handler("join_admin_dashboard", frozenset(), needs=VIEW_ALL, refuse="unauthorized")
     def join_admin_dashboard(conn: Conn, data: dict) -> dict:
-        if not conn.user.is_admin:
-            raise ApiError("unauthorized", "admins only")
         join_room(protocol.ADMIN_ROOM)
         svc = services()
         watchers = metrics.watchers_total(svc.redis, current_app.extensions["skald_report_id"],
@@ -195,12 +188,63 @@ def register(socketio: SocketIO, app: Flask) -> None:
         return {"ok": True, "metrics": read_metrics(svc.redis, watchers=watchers)}
 
 
+class RoomHooks:
+    """What the message queue (``web/messagequeue.py``) asks of this process's rooms."""
+
+    def __init__(self, conns: Connections, guard: Guard, store: Any) -> None:
+        self.conns = conns
+        self.guard = guard
+        self.store = store
+
+    def already_ended(self, task_id: str, sids: list[str]) -> list[str]:
+        """The members that already had ``task_id``'s ending (the rest are marked as having it)."""
+        return [sid for sid in sids if not self.conns.claim_ending(sid, task_id)]
+
+    def catch_up(self, manager: Any) -> None:
+        """Re-send to every task room here the ending, or else the snapshot, the store holds."""
+        rooms = [r for r in manager.rooms.get("/", {}) if isinstance(r, str)
+                 and r.startswith(protocol.task_room(""))]
+        if not rooms:
+            return
+        try:
+            records = self.store.get_many(r[len(protocol.task_room("")):] for r in rooms)
+        except RedisError as exc:
+            log.warning("catch-up: cannot read the task records: %s", exc)
+            return
+        sent = 0
+        for task_id, record in records.items():
+            room = protocol.task_room(task_id)
+            sids = [sid for sid, _eio in manager.get_participants("/", room)]
+            ending = record.get("ending")
+            if record["snapshot"].get("state") in protocol.TERMINAL_STATES and ending:
+                for sid in sids:
+                    if self.conns.claim_ending(sid, task_id):
+                        manager.emit(ending["event"], ending["payload"], namespace="/", room=sid,
+                                     ignore_queue=True)
+                        sent += 1
+            else:
+                done = [sid for sid in sids if self.conns.has_ending(sid, task_id)]
+                manager.emit(protocol.PROGRESS_UPDATE, record["snapshot"], namespace="/",
+                             room=room, skip_sid=done, ignore_queue=True)
+        log.info("catch-up: %d task rooms, %d endings re-sent", len(records), sent)
+
+    def auth_changed(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+            user_id = int(message["user_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed credential announcement")
+            return
+        dropped = self.guard.recheck_user(user_id)
+        if dropped:
+            log.info("credentials of user %s changed: %d connection(s) closed", user_id, dropped)
+
+
 def _authenticate(auth: Any) -> Principal | None:
     if isinstance(auth, dict) and isinstance(auth.get("token"), str):
         return principal_for_token(auth["token"])
     if current_user.is_authenticated:
-        return Principal(id=current_user.id, name=current_user.name,
-                         is_admin=current_user.is_admin)
+        return current_user._get_current_object()
     return None
 
 
