@@ -145,3 +145,16 @@ def test_cli_roles(env, app):
     with app.extensions["skald"].db() as db:
         row = db.query(User).filter_by(name="cli-viewer").one()
         assert row.role == "admin" and row.auth_epoch == 1
+
+
+@pytest.mark.parametrize("who", ["user", "viewer", "admin"])
+def test_pages_offer_only_what_the_role_may_do(client, people, who):
+    nav = client.get("/", headers=people[who]["headers"]).get_data(as_text=True)
+    assert ('href="/admin"' in nav) == (who != "user")
+    assert 'href="/account"' in nav
+    if who == "user":
+        return
+    page = client.get("/admin", headers=people[who]["headers"]).get_data(as_text=True)
+    form = page.split('id="maintenance-form"', 1)[1].split(">", 1)[0]
+    cancel = page.split('id="task-cancel"', 1)[1].split(">", 1)[0]
+    assert ("hidden" in form) == (who == "viewer") and ("hidden" in cancel) == (who == "viewer")

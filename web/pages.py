@@ -16,6 +16,7 @@ from web import jobs
 from web.auth import user_required
 from web.errors import ApiError
 from web.maintenance import OFF, maintenance_status
+from web.roles import VIEW_ALL, can
 from web.services import services
 from web.uploads import ALLOWED_FORMATS
 
@@ -33,7 +34,7 @@ def _maintenance() -> dict:
         status = maintenance_status(services().redis)
     except RedisError:
         status = dict(OFF)
-    return {"maintenance": status}
+    return {"maintenance": status, "operator": can(current_user, VIEW_ALL)}
 
 
 @bp.get("/")
