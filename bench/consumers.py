@@ -158,12 +158,12 @@ def preload_flower(state, n: int) -> None:
 def run_redis(args, stats: Stats, decode: bool) -> dict:
     import redis
 
-    from bench.wire import decode as decode_msg
+    from tasks import wire
 
     settings = load_settings()
     client = redis.Redis.from_url(settings.redis_url)
     sub = client.pubsub(ignore_subscribe_messages=True)
-    sub.psubscribe("/0.celeryev/*")
+    sub.psubscribe(wire.pattern(settings.broker_url))
     stop = threading.Event()
     per = args.per_msg
 
@@ -176,7 +176,7 @@ def run_redis(args, stats: Stats, decode: bool) -> dict:
             if stats.t_first is None:
                 stats.t_first = t
             if decode:
-                evs = decode_msg(msg["data"])
+                evs = wire.decode(msg["data"])
                 n += len(evs)
                 if stats.want_lag:
                     stats.lags.extend(t - e["timestamp"] for e in evs)
