@@ -9,10 +9,14 @@ Publishing: the messages go to Flask-SocketIO's Redis message-queue channel in
 the format python-socketio's ``RedisManager`` writes, together with the store
 writes, in one Lua script that first checks the leader lease. So an ending is
 stored and emitted together or not at all (exactly once across a bridge
-crash), and a bridge that lost its lease can emit nothing.
+crash), and a bridge that lost its lease can emit nothing. Each record and
+message is encoded on its own: one that cannot be (the state machine clamps
+numbers, so this is a last line) is logged and left out, and costs the others
+nothing.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +28,7 @@ from bridge.records import RecordWriter
 from bridge.state import Update
 from protocol import SOCKETIO_CHANNEL
 
+log = logging.getLogger(__name__)
 RECENT_CAPTIONS_CAP = 50
 
 
@@ -158,10 +163,26 @@ class Publisher:
         self.chunk = chunk
         self.host_id = uuid.uuid4().hex
         self._script = client.register_script(_SCRIPT)
-        self.emitted = 0
+        self.skipped = 0
 
     def encode(self, update: Update) -> bytes:
         return socketio_message(update.event, update.payload, update.room, self.host_id)
+
+    def _put(self, ops: Ops, record: dict) -> None:
+        try:
+            self.store.put(ops, record)
+        except orjson.JSONEncodeError as exc:
+            self._skip("record", record["snapshot"].get("task_id"), exc)
+
+    def _publish(self, ops: Ops, update: Update) -> None:
+        try:
+            ops.publish(self.channel, self.encode(update))
+        except orjson.JSONEncodeError as exc:
+            self._skip(update.event, update.task_id, exc)
+
+    def _skip(self, what: str, task_id: object, exc: Exception) -> None:
+        self.skipped += 1
+        log.error("left out a %s of %.64r that cannot be encoded: %s", what, task_id, exc)
 
     def send(self, updates: list[Update], records: Iterable[dict], extra: Ops | None = None) -> None:
         """Write ``records`` and emit ``updates`` (in order), atomically per chunk.
@@ -180,17 +201,16 @@ class Publisher:
             for u in part:
                 record = by_task.pop(u.task_id, None)
                 if record is not None:
-                    self.store.put(ops, record)
+                    self._put(ops, record)
             if last:
                 for record in by_task.values():
-                    self.store.put(ops, record)
+                    self._put(ops, record)
                 if by_task:
                     self.store.trim(ops)
             for u in part:
-                ops.publish(self.channel, self.encode(u))
+                self._publish(ops, u)
             if ops.count:
                 self._run(ops)
-            self.emitted += len(part)
             if last:
                 return
             start += self.chunk
