@@ -897,3 +897,123 @@ def test_ended_tasks_are_compacted_once_recorded_and_never_rewritten():
     assert b.track(tid, job_id=1, owner="x", total=4).updates == []
     assert b.cancel(tid).updates == [] and apply(b, progress(tid, 4)).updates == []
     assert b.take_records() == []
+
+
+# -- numbers and fields from any worker -------------------------------------------------------
+HUGE = 10 ** 30
+
+
+def test_huge_numbers_are_clamped_so_every_record_and_payload_encodes():
+    """A worker event with 10**30 in every numeric field (orjson cannot encode an int past
+    64 bits; the store write used to raise and the bridge stepped down)."""
+    import orjson
+
+    from bridge.task import MAX_INT
+
+    b, tid = board(), new_id()
+    out = apply_all(b, [
+        event(ev.TASK_SENT, tid, HUGE, name=ev.CAPTION_TASK_NAME, args=f"({HUGE},)"),
+        event(ev.TASK_RECEIVED, tid, 101.0, hostname=HUGE),
+        event(ev.TASK_STARTED, tid, 102.0, hostname=HUGE),
+        event(ev.TASK_PROGRESS, tid, 103.0, current=HUGE, total=HUGE, failed=HUGE, eta=HUGE,
+              job_id=HUGE, owner=HUGE, caption=HUGE, image=HUGE, step=HUGE),
+        event(ev.TASK_PROGRESS, tid, 104.0, current=float(HUGE), total=-HUGE, failed=-1)])
+    out += b.apply(event(ev.TASK_SUCCEEDED, tid, 200.0, runtime=HUGE, result=HUGE),
+                   {"count": HUGE, "failed": HUGE, "total": HUGE,
+                    "captions": [{"image": "a", "caption": "b"}, {"image": HUGE, "caption": 1}]}).updates
+    other = new_id()
+    out += apply_all(b, [event(ev.TASK_CANCELLED, other, 1.0, completed=HUGE, total=HUGE)])
+    for update in out:
+        orjson.dumps(update.payload)
+    for record in b.take_records():
+        orjson.dumps(record)
+    snap = b.get(tid).snapshot()
+    assert snap["job_id"] is None  # an id out of range names nothing
+    assert snap["current"] == snap["total"] == MAX_INT
+    ending = terminals(out, tid)[0].payload
+    assert ending["results"] == {"count": MAX_INT, "failed": MAX_INT,
+                                 "captions": [{"image": "a", "caption": "b"}]}
+    assert terminals(out, other)[0].payload["completed"] == MAX_INT
+
+
+def test_an_events_own_results_are_ignored():
+    """A task-succeeded's results come from the result backend, never from the event."""
+    b, tid = board(), new_id()
+    run_to_progress(b, tid, upto=1)
+    forged = event(ev.TASK_SUCCEEDED, tid, 150.0, result="x",
+                   results={"count": 9, "failed": 0, "captions": [{"image": "x", "caption": "pwned"}]})
+    [end, _job] = b.apply(forged).updates
+    assert end.payload["results"]["captions"] == []
+
+
+def test_results_only_end_a_caption_job():
+    b, tid = board(), new_id()
+    apply(b, event(ev.TASK_RECEIVED, tid, 1.0, name="reports.build"))
+    [end, _job] = b.apply(event(ev.TASK_SUCCEEDED, tid, 2.0, result="'ok'"),
+                          {"count": 1, "failed": 0, "captions": [{"image": "a", "caption": "b"}]}).updates
+    assert end.payload["results"]["captions"] == [] and b.get(tid).outcome == "'ok'"
+
+
+def test_stored_records_with_odd_values_load_safely():
+    b = board()
+    b.load([{"snapshot": {"task_id": "t1", "state": "NONSENSE", "current": HUGE, "job_id": HUGE,
+                          "updated_at": "x", "owner": 5},
+             "detail": {"name": 7, "failed": HUGE, "runtime": "long"}}])
+    task = b.get("t1")
+    assert (task.state, task.job_id, task.owner, task.name, task.runtime) == ("PENDING", None, None, None, None)
+    assert task.current == task.failed == 2 ** 53 - 1
+
+
+# -- transitions: what the operator view counts ----------------------------------------------------
+def test_transitions_follow_each_bucket_change():
+    b, tid = board(), new_id()
+    assert [(t.before, t.after) for t in b.apply(started(tid)).transitions] == [
+        (None, ("STARTED", None))]
+    assert [(t.before, t.after) for t in apply(b, received(tid)).transitions] == [
+        (("STARTED", None), ("STARTED", ev.CAPTION_TASK_NAME))]  # only the name was learnt
+    assert apply(b, progress(tid, 1)).transitions[0].after == ("PROGRESS", ev.CAPTION_TASK_NAME)
+    assert apply(b, progress(tid, 2)).transitions == []  # same bucket: nothing to count
+    [end] = apply(b, succeeded(tid)).transitions
+    assert (end.after, end.runtime, end.source) == (("SUCCESS", ev.CAPTION_TASK_NAME), 12.5, "event")
+    assert apply(b, failed(tid)).transitions == []  # ignored: never counted twice
+
+
+def test_a_failure_transition_has_its_runtime_from_started():
+    b, tid = board(), new_id()
+    apply(b, started(tid, ts=100.0))
+    [end] = apply(b, failed(tid, ts=104.5)).transitions
+    assert end.runtime == 4.5
+
+
+def test_evicting_an_open_task_is_a_transition_out():
+    b = board(max_tasks=2)
+    ids = [new_id() for _ in range(3)]
+    moves = [t for tid in ids for t in apply(b, sent(tid)).transitions]
+    assert [(t.task_id, t.before, t.after) for t in moves if t.after is None] == [
+        (ids[0], ("PENDING", ev.CAPTION_TASK_NAME), None)]
+
+
+def test_cancel_terminate_track_and_load_transitions():
+    b, queued, running = board(), new_id(), new_id()
+    apply(b, sent(queued))
+    run_to_progress(b, running, upto=1)
+    [t] = b.cancel(queued).transitions
+    assert (t.before[0], t.after[0], t.source) == ("PENDING", "REVOKED", "bridge")
+    [t] = b.cancel(running).transitions
+    assert (t.before[0], t.after[0]) == ("PROGRESS", "CANCELLING")
+    [t] = b.terminated(running).transitions
+    assert t.after[0] == "REVOKED"
+    tracked = new_id()
+    [t] = b.track(tracked, job_id=3, owner="ann", total=2).transitions
+    assert (t.before, t.after) == (None, ("PENDING", ev.CAPTION_TASK_NAME))
+    restored = board()
+    moves = restored.load([task.record() for task in b.tasks()])
+    assert [(t.task_id, t.before, t.after, t.source) for t in moves] == [
+        (tracked, None, ("PENDING", ev.CAPTION_TASK_NAME), "store")]  # only the open one
+
+
+def test_cancel_of_a_task_the_backend_says_started_waits_for_its_ending():
+    b, tid = board(), new_id()
+    b.track(tid, job_id=7, owner="alice", total=4)  # PENDING as far as the bridge saw
+    ups = b.cancel(tid, started=True).updates
+    assert terminals(ups) == [] and b.get(tid).state == "CANCELLING"
