@@ -39,8 +39,7 @@ class Alerts:
         self._seq = 0
         self._failures: deque[float] = deque(maxlen=self.failure_burst)
         self._burst_until = 0.0
-        self._backlog_alerted = False
-        self._lag_alerted = False
+        self._raised: set[str] = set()  # kinds raised and not cleared since
 
     def worker_offline(self, host: str, now: float) -> Update:
         return self._alert("warning", "worker_offline", now, f"worker {host} went offline",
@@ -67,27 +66,31 @@ class Alerts:
         if queues is None or self.queue_backlog <= 0:
             return []
         queued = sum(queues.values())
-        if queued < self.queue_backlog:
-            self._backlog_alerted = False
+        if not self._edge("queue_backlog", queued >= self.queue_backlog, queued < self.queue_backlog):
             return []
-        if self._backlog_alerted:
-            return []
-        self._backlog_alerted = True
         return [self._alert("warning", "queue_backlog", now,
                             f"{queued} tasks wait in the broker (threshold {self.queue_backlog})",
                             queued=queued, queues=dict(queues))]
 
     def lag(self, lag: float, waiting: int, now: float) -> list[Update]:
-        if not (lag > self.lag_alert or waiting > self.backlog_alert):
-            if lag <= self.lag_alert / 2 and waiting <= self.backlog_alert / 2:
-                self._lag_alerted = False
+        behind = lag > self.lag_alert or waiting > self.backlog_alert
+        caught_up = lag <= self.lag_alert / 2 and waiting <= self.backlog_alert / 2
+        if not self._edge("bridge_lag", behind, caught_up):
             return []
-        if self._lag_alerted:
-            return []
-        self._lag_alerted = True
         return [self._alert("warning", "bridge_lag", now,
                             f"the bridge is {lag:.1f}s behind the event stream "
                             f"({waiting} events waiting)", lag=round(lag, 3), backlog=waiting)]
+
+    def _edge(self, kind: str, over: bool, cleared: bool) -> bool:
+        """True the first time ``over`` holds, and again only after ``cleared`` held."""
+        if not over:
+            if cleared:
+                self._raised.discard(kind)
+            return False
+        if kind in self._raised:
+            return False
+        self._raised.add(kind)
+        return True
 
     def load(self, stored: Iterable[Any]) -> None:
         self.recent.extend(a for a in stored if isinstance(a, dict))

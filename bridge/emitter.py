@@ -37,18 +37,25 @@ class Coalescer:
         self.window = window
         self._last: dict[tuple[str, str, str], float] = {}
         self._pending: dict[tuple[str, str, str], Update] = {}
+        self._events: dict[str, None] = {}  # the (few) event names coalesced so far, in order
 
     def offer(self, update: Update, now: float) -> list[Update]:
         """What to send now for ``update`` (maybe nothing: it waits)."""
         key = (update.event, update.room, update.task_id)
         if update.terminal:
-            out = [p for k, p in list(self._pending.items())
-                   if k[1] == update.room and k[2] == update.task_id]
-            for k in [k for k in self._pending if k[1] == update.room and k[2] == update.task_id]:
-                del self._pending[k]
+            # The task's waiting updates in this room go first; its windows are forgotten
+            # (nothing follows an ending), so what is remembered stays bounded by open tasks.
+            out = []
+            for event in self._events:
+                mine = (event, update.room, update.task_id)
+                self._last.pop(mine, None)
+                waiting = self._pending.pop(mine, None)
+                if waiting is not None:
+                    out.append(waiting)
             self._last.pop(key, None)
             out.append(update)
             return out
+        self._events.setdefault(update.event)
         last = self._last.get(key)
         if last is None or now - last >= self.window:
             self._last[key] = now

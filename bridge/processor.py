@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from bridge import reconcile
 from bridge.cluster import Cluster
-from bridge.commands import CancelRequest, TrackRequest
+from bridge.commands import CancelRequest, Request, TrackRequest
 from bridge.emitter import Coalescer
 from bridge.state import BACKEND, Board, Change, Update
 from settings import Settings
@@ -59,7 +59,7 @@ class Command:
     """A request from the command stream (``request`` None: malformed)."""
 
     msg_id: str
-    request: CancelRequest | TrackRequest | None
+    request: Request | None
 
 
 Item = Events | Connected | Command

@@ -6,9 +6,10 @@ over the priority lists; RabbitMQ with the server's count). A queue that does
 not exist yet (the Redis list is absent while empty) counts 0.
 
 One connection and one channel serve every probe, for as long as they work:
-a kombu channel is a cycle of objects (channel, pools, clients), and one per
-probe was garbage that the bridge's frozen-GC policy (gcpolicy.py) kept for
-up to a quarter of an hour, ~2 MB a minute of an idle bridge's memory.
+a kombu channel is a cycle of objects (channel, pools, clients), so a channel
+per probe would be garbage that only the collector frees, and the bridge's GC
+policy (gcpolicy.py) keeps such garbage for up to a quarter of an hour
+(tests/test_queues.py counts it).
 """
 from __future__ import annotations
 

@@ -47,7 +47,6 @@ class _Reconnecting(threading.Thread):
         self.sink = sink
         self.on_connect = on_connect
         self._stopping = threading.Event()
-        self.connected = threading.Event()
         self.reconnects = 0
         self.skipped = 0
 
@@ -60,17 +59,14 @@ class _Reconnecting(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - any broker trouble means reconnect
                 if self._stopping.is_set():
                     break
-                self.connected.clear()
                 self.reconnects += 1
                 log.warning("event stream lost (%s: %s); reconnecting in %.1fs",
                             type(exc).__name__, exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
-        self.connected.clear()
 
     def _subscribed(self) -> None:
         # From here on nothing is missed: now is when the bridge reconciles the gap.
-        self.connected.set()
         self.on_connect()
 
     def _session(self, subscribed: Callable[[], None]) -> None:

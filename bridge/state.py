@@ -88,7 +88,6 @@ class Board:
         self._open: OrderedDict[str, Task] = OrderedDict()
         self._ended: OrderedDict[str, Task] = OrderedDict()
         self.changed: set[str] = set()  # task ids whose record changed since take_records()
-        self.evicted = 0
         self.ignored = 0
         self._dropped: list[Transition] = []  # open tasks evicted during the current call
 
@@ -292,6 +291,5 @@ class Board:
             victims = self._ended if self._ended else self._open
             task_id, task = victims.popitem(last=False)
             self.changed.discard(task_id)
-            self.evicted += 1
             if not task.ended:
                 self._dropped.append(Transition(task_id, task.bucket, None, task.updated_at))

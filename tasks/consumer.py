@@ -1,8 +1,8 @@
 """The worker's consumer: Celery's own, without its gossip step.
 
 Gossip (workers watching each other over a fanout queue: clock sync,
-elections) is nothing Skald uses, and it is what broke workers when Redis
-restarted: on the reconnect, closing the gossip channel of the dead
+elections) is nothing Skald uses, and it breaks a worker when Redis
+restarts: on the reconnect, closing the gossip channel of the dead
 connection runs kombu's Redis transport into a connection whose client is
 already gone (``AttributeError: 'NoneType' object has no attribute
 'hostname'`` / ``'connection_errors'``; celery/kombu#582), which Celery either
