@@ -25,6 +25,7 @@ import hiredis
 import redis
 from celery import Celery
 from celery.utils.time import utcoffset
+from kombu.exceptions import KombuError
 
 from tasks import wire
 
@@ -136,7 +137,7 @@ class RedisEventReader(_Reconnecting):
         """Ask workers for a heartbeat now, so the worker list fills at once."""
         try:
             self.wakeup()
-        except Exception as exc:  # noqa: BLE001 - only a courtesy
+        except (KombuError, redis.RedisError, OSError) as exc:  # only a courtesy
             log.debug("could not wake workers: %s", exc)
 
     def _decode(self, data: bytes, out: list[dict], here: float) -> None:

@@ -21,6 +21,8 @@ NAME_CAP = 200   # longest task name or owner kept
 HOST_CAP = 255   # longest worker hostname kept
 MAX_INT = 2**53 - 1  # beyond this a JSON number loses precision in JavaScript
 _EXC_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.DOTALL)
+_FIRST_INT_RE = re.compile(r"\s*[(\[]\s*(\d+)\s*[,)\]]")
+_PLAIN_STR_RE = re.compile(r"^(['\"])([^'\"\\]*)\1$")  # a quoted text without escapes or quotes
 
 
 def as_number(value: Any, default: float | None = None) -> float | None:
@@ -74,6 +76,9 @@ def parse_exception(text: str | None) -> tuple[str, str]:
     if not match:
         return "Error", text
     type_, inner = match.group(1), match.group(2)
+    plain = _PLAIN_STR_RE.match(inner)
+    if plain:  # the common case, without ast.literal_eval's garbage (see first_int_arg)
+        return type_.rsplit(".", 1)[-1], plain.group(2)
     try:
         value = ast.literal_eval(inner) if inner else ""
         message = value if isinstance(value, str) else ", ".join(map(str, value)) \
@@ -84,15 +89,15 @@ def parse_exception(text: str | None) -> tuple[str, str]:
 
 
 def first_int_arg(args: Any) -> int | None:
-    """The job id of a caption job: its first positional argument (a list or its repr)."""
+    """The job id of a caption job: its first positional argument, from a list or from
+    Celery's repr of the arguments (``"(7,)"``, ``"[7]"``). A regular expression, not
+    ``ast.literal_eval``: that leaves a cycle of closures behind per call, garbage the
+    bridge's frozen-GC policy would keep for a quarter of an hour (bench/rss.py)."""
     if isinstance(args, (list, tuple)) and args:
         return as_id(args[0])
     if isinstance(args, str):
-        try:
-            value = ast.literal_eval(args)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return None
-        return first_int_arg(value)
+        match = _FIRST_INT_RE.match(args)
+        return as_id(int(match.group(1))) if match and len(match.group(1)) <= 20 else None
     return None
 
 

@@ -224,3 +224,34 @@ def test_wake_is_the_next_due_work(proc, clock):
     tid = new_id()
     _, out = run(proc, clock, Events([event(ev.TASK_STARTED, tid)]), cancel(tid))
     assert out.wake == proc.next_tick  # the metrics tick comes before the cancel's deadline
+
+
+def test_a_step_leaves_no_garbage_for_the_collector(proc, clock):
+    """What the bridge's GC policy (gcpolicy.py: freeze every 5 s, a full collection every
+    15 minutes) would keep: cyclic garbage made per event (ast.literal_eval's closures, once
+    per task-sent/received) grew a busy bridge by ~0.45 MiB a minute (bench/rss.py)."""
+    import gc
+
+    def jobs(n: int) -> list:
+        out = []
+        for _ in range(n):
+            tid = new_id()
+            out.append(Events([
+                event(ev.TASK_SENT, tid, name=ev.CAPTION_TASK_NAME, args="(7,)", kwargs="{}"),
+                event(ev.TASK_RECEIVED, tid, name=ev.CAPTION_TASK_NAME, args="(7,)", kwargs="{}"),
+                event(ev.TASK_STARTED, tid),
+                event(ev.TASK_PROGRESS, tid, current=1, total=2, step="s", image="a", caption="c"),
+                event(ev.TASK_FAILED, tid, exception="ValueError('boom')", traceback="...")]))
+        return out
+    for item in jobs(20):
+        run(proc, clock, item)  # warm: caches, interned names
+    gc.collect()
+    gc.disable()
+    try:
+        for item in jobs(200):
+            clock.now += 0.01
+            run(proc, clock, item)
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert garbage < 200, f"{garbage} objects of cyclic garbage from 1 000 events"
