@@ -53,6 +53,9 @@ worker_prefetch_multiplier = 1
 result_extended = True
 
 broker_connection_retry_on_startup = True
+# Celery's consumer without its gossip step, which broke workers on a Redis restart
+# (tasks/consumer.py).
+worker_consumer = "tasks.consumer:Consumer"
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 # Event queues of receivers that went away are dropped by the broker (amqp).
 event_queue_expires = 60.0

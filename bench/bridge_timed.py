@@ -1,16 +1,19 @@
 """``python -m bench.bridge_timed``: ``python -m bridge`` with timers around its steps.
 
-The same ``bridge.__main__.main()`` and ``Bridge`` class; only wrappers are
-added (a few ``perf_counter`` calls per event), to say where an event's time
-goes between the broker and the Socket.IO channel:
+The same ``bridge.__main__.main()``, run with :class:`TimedBridge`, a subclass
+of ``bridge.service.Bridge`` that times its public steps (a few
+``perf_counter`` calls per batch), to say where an event's time goes between
+the broker and the Socket.IO channel:
 
 - ``receive``: the event's send timestamp -> the receiver thread hands it over
-  (Redis pub/sub, kombu, decoding, waiting for the GIL);
-- ``queue``: handed over -> the processor applies it (waiting behind the batch);
-- ``apply``: ``_apply_event`` (the state machine);
-- ``results_read``: the result-backend read for the caption jobs a batch ends;
+  (Redis pub/sub, decoding, waiting for the GIL);
+- ``queue``: handed over -> the processor's step takes it (waiting behind the batch);
+- ``step``: the processor's pure step (state machine, operator view, coalescer);
+- ``results_read``: the result-backend read a batch needs (caption jobs' returns);
 - ``publish``: the batch's Lua script (store writes + Socket.IO messages);
-- per iteration: ``reconcile``, ``tick``, GC pauses (``gc.callbacks``).
+- ``publish_terminal_wait``: a batch with an ending, from its step's start to
+  the end of its publish; ``terminal_total``: the ending event's send -> then;
+- ``batch``: events per step; ``gc``: pauses (``gc.callbacks``).
 
 ``SIGUSR1`` writes the numbers so far to ``$BENCH_BRIDGE_STATS`` (JSON) and starts
 afresh; the driver does that after each level.
@@ -22,100 +25,67 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 
-from bridge import service
+from bridge.processor import ENDING_EVENTS, Events, Output
 from bridge.service import Bridge
-from tasks import events as ev
 
 clock = time.perf_counter
-_lock = threading.Lock()
+KEYS = ("receive", "queue", "step", "results_read", "publish", "publish_terminal_wait",
+        "terminal_total", "batch", "gc")
 
 
 def fresh() -> dict:
-    return {"receive": [], "queue": [], "apply": [], "results_read": [], "publish": [],
-            "publish_terminal_wait": [], "reconcile": [], "tick": [], "batch": [],
-            "gc": [], "terminal_total": [], "t0": time.time()}
+    return {**{k: [] for k in KEYS}, "t0": time.time()}
 
 
 S = fresh()
 
 
-def _stamp(event) -> None:
-    if isinstance(event, dict):
-        event["_bench_enq"] = clock()
-        ts = event.get("timestamp")
-        if isinstance(ts, (int, float)):
-            S["receive"].append(time.time() - ts)
+class TimedBridge(Bridge):
+    """The bridge, timing each of its steps into ``S``."""
 
+    _step_started = 0.0
+    _endings: list[float] = []  # send timestamps of the ending events of the current batch
 
-def _enqueue(orig):
-    """Wraps ``_enqueue_events(list)``: each event is stamped as the receiver hands it over."""
-    def wrapped(self, events, *a, **kw):
-        for event in events:
-            _stamp(event)
-        return orig(self, events, *a, **kw)
-    return wrapped
+    def enqueue_events(self, events: list[dict]) -> None:
+        now = time.time()
+        S["receive"].extend(now - e["timestamp"] for e in events
+                            if isinstance(e, dict) and isinstance(e.get("timestamp"), (int, float)))
+        super().enqueue_events(events)
 
-
-_pending_terminal: list[tuple[float, float]] = []  # (applied perf time, event timestamp)
-_batch = [0]
-
-
-def _apply(orig):
-    def wrapped(self, event, *a, **kw):
-        t = clock()
-        enq = event.pop("_bench_enq", None) if isinstance(event, dict) else None
-        if enq is not None:
-            S["queue"].append(t - enq)
-        out = orig(self, event, *a, **kw)
-        S["apply"].append(clock() - t)
-        _batch[0] += 1
-        if isinstance(event, dict) and event.get("type") in (ev.TASK_SUCCEEDED, ev.TASK_FAILED,
-                                                             ev.TASK_REVOKED, ev.TASK_CANCELLED):
-            _pending_terminal.append((clock(), event.get("timestamp") or 0.0))
+    def step(self, batch, metas, now, gauges) -> Output:
+        started, taken = clock(), time.monotonic()
+        events = [item for item in batch if isinstance(item, Events)]
+        for item in events:
+            S["queue"].extend([taken - item.at] * len(item.events))
+        out = super().step(batch, metas, now, gauges)
+        S["step"].append(clock() - started)
+        if out.events:
+            S["batch"].append(out.events)
+        self._step_started = started
+        self._endings = [e.get("timestamp") or 0.0 for item in events for e in item.events
+                         if isinstance(e, dict) and e.get("type") in ENDING_EVENTS]
         return out
-    return wrapped
 
-
-def _results(orig):
-    def wrapped(*a, **kw):
-        t = clock()
+    def look_up(self, ids: set[str]) -> dict[str, dict] | None:
+        started = clock()
         try:
-            return orig(*a, **kw)
+            return super().look_up(ids)
         finally:
-            S["results_read"].append(clock() - t)
-    return wrapped
+            if ids:
+                S["results_read"].append(clock() - started)
 
-
-def _publish(orig):
-    def wrapped(self, *a, **kw):
-        t = clock()
-        out = orig(self, *a, **kw)
+    def publish(self, out: Output) -> None:
+        started = clock()
+        super().publish(out)
         end = clock()
-        S["publish"].append(end - t)
-        if _batch[0]:
-            S["batch"].append(_batch[0])
-            _batch[0] = 0
-        if _pending_terminal:
+        S["publish"].append(end - started)
+        if self._endings and any(u.terminal for u in out.updates):
             wall = time.time()
-            for applied, ts in _pending_terminal:
-                S["publish_terminal_wait"].append(end - applied)
-                S["terminal_total"].append(wall - ts)
-            _pending_terminal.clear()
-        return out
-    return wrapped
-
-
-def _timed(key, orig):
-    def wrapped(self, *a, **kw):
-        t = clock()
-        try:
-            return orig(self, *a, **kw)
-        finally:
-            S[key].append(clock() - t)
-    return wrapped
+            S["publish_terminal_wait"].extend([end - self._step_started] * len(self._endings))
+            S["terminal_total"].extend(wall - ts for ts in self._endings)
+        self._endings = []
 
 
 class _Gc:
@@ -133,7 +103,7 @@ def dump(*_args) -> None:
     from bench.common import summary
 
     old, S = S, fresh()
-    out = {k: summary(v, 1000.0) for k, v in old.items() if isinstance(v, list) and k != "batch"}
+    out = {k: summary(old[k], 1000.0) for k in KEYS if k != "batch"}
     out["batch"] = summary(old["batch"], 1.0)
     out["secs"] = time.time() - old["t0"]
     path = os.environ.get("BENCH_BRIDGE_STATS")
@@ -144,19 +114,9 @@ def dump(*_args) -> None:
         os.replace(tmp, path)
 
 
-def install() -> None:
-    Bridge._enqueue_events = _enqueue(Bridge._enqueue_events)
-    Bridge._apply_event = _apply(Bridge._apply_event)
-    Bridge._publish = _publish(Bridge._publish)
-    Bridge._reconcile = _timed("reconcile", Bridge._reconcile)
-    Bridge._tick = _timed("tick", Bridge._tick)
-    service.reconcile.caption_results = _results(service.reconcile.caption_results)
+if __name__ == "__main__":
     gc.callbacks.append(_Gc())
     signal.signal(signal.SIGUSR1, dump)
-
-
-if __name__ == "__main__":
-    install()
     from bridge.__main__ import main
 
-    sys.exit(main())
+    sys.exit(main(TimedBridge))

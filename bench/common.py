@@ -388,18 +388,22 @@ def _short(frame: str) -> str:
     return f"{name} ({short})"
 
 
-def state_pass(board: Any, coalescer: Any, events: list[dict], now: float) -> tuple[list, list]:
-    """The bridge processor's in-memory work on one batch, before its publish:
-    apply each event to ``board``, pass the updates through ``coalescer``, take
-    the store records. Returns (updates to emit, records)."""
-    updates = []
-    for e in events:
-        updates += board.apply(e)
-    emit = []
-    for u in updates:
-        emit += coalescer.offer(u, now)
-    emit += coalescer.due(now)
-    return emit, board.take_records()
+def processor(max_tasks: int = 100_000):
+    """A bridge processor (bridge/processor.py) with the default settings."""
+    from bridge.processor import Processor
+
+    return Processor(load_settings(env={}).with_overrides(bridge_max_tasks=max(1, max_tasks)))
+
+
+def processor_step(proc: Any, events: list[dict], now: float) -> Any:
+    """The bridge processor's pure step on one batch of events, as the bridge calls it:
+    the return values of the caption jobs the batch ends (``results`` in the bench
+    stream) come as the result backend's metas. Returns the step's ``Output``."""
+    from bridge.processor import Events
+
+    metas = {e["uuid"]: {"status": "SUCCESS", "result": e["results"]}
+             for e in events if "results" in e}
+    return proc.step([Events(events)], metas, now)
 
 
 def write_json(name: str, data: dict) -> Path:

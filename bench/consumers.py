@@ -4,8 +4,8 @@ KIND:
 
 - ``bridge``: the real :class:`bridge.service.Bridge` (receiver thread, processor,
   state machine, coalescer, Lua publish of snapshots and Socket.IO messages),
-  exactly what ``python -m bridge`` runs. An event counts once the publish of
-  its batch returned.
+  exactly what ``python -m bridge`` runs (a subclass counts at its public
+  ``step`` and ``publish``). An event counts once the publish of its batch returned.
 - ``flower``: Flower 2.2.0's own consumer: ``flower.events.Events`` (a Celery
   ``EventReceiver`` thread handing each event to the tornado IOLoop, which
   applies it to ``EventsState``: Celery's ``events.state.State`` plus Flower's
@@ -57,53 +57,50 @@ class Stats:
 
 def run_bridge(args, stats: Stats) -> dict:
     from bridge import service
-    from bridge.service import Bridge
+    from bridge.processor import Events
 
-    settings = load_settings()
-    bridge = Bridge(settings)
-    receivers: list = []
-    # Keep the event reader the bridge makes (for its reconnect count at the end).
+    class Counted(service.Bridge):
+        """The bridge; an event counts once the publish of its step returned."""
+
+        receivers: list = []
+        pending: list[float] = []
+        applied = 0
+
+        def step(self, batch, metas, now, gauges):
+            if stats.t_first is None and any(isinstance(i, Events) for i in batch):
+                stats.t_first = time.time()
+            out = super().step(batch, metas, now, gauges)
+            self.applied += out.events
+            if stats.want_lag:
+                self.pending += [e.get("timestamp") or 0.0 for i in batch if isinstance(i, Events)
+                                 for e in i.events]
+            return out
+
+        def publish(self, out):
+            super().publish(out)
+            if self.applied != stats.count:
+                t = time.time()
+                stats.count, stats.t_last = self.applied, t
+                stats.lags.extend(t - ts for ts in self.pending)
+                self.pending = []
+
     make = service.event_reader
 
-    def recorded(*a, **kw):
+    def recorded(*a, **kw):  # keep the reader the bridge makes, for its reconnect count
         reader = make(*a, **kw)
-        receivers.append(reader)
+        Counted.receivers.append(reader)
         return reader
     service.event_reader = recorded
-    orig_apply = bridge._apply_event
-    orig_publish = bridge._publish
-    pending: list[float] = []
-
-    def apply(event: dict, *a, **kw):
-        if stats.t_first is None:
-            stats.t_first = time.time()
-        if stats.want_lag:
-            pending.append(event.get("timestamp") or 0.0)
-        stats_apply[0] += 1
-        return orig_apply(event, *a, **kw)
-
-    def publish(*a, **kw):
-        orig_publish(*a, **kw)
-        if stats_apply[0] != stats.count:
-            t = time.time()
-            stats.count = stats_apply[0]
-            stats.t_last = t
-            if pending:
-                stats.lags.extend(t - ts for ts in pending)
-                pending.clear()
-
-    stats_apply = [0]
-    bridge._apply_event = apply
-    bridge._publish = publish
+    bridge = Counted(load_settings())
     thread = threading.Thread(target=bridge.run, name="bridge", daemon=True)
     thread.start()
     wait_done(args, stats)
     bridge.stop()
     thread.join(5)
-    return {"reconnects": sum(r.reconnects for r in receivers),
-            "reader": type(receivers[0]).__name__ if receivers else None,
-            "applied": bridge.events_applied,
-            "ignored": bridge.board.ignored if bridge.board else None}
+    return {"reconnects": sum(r.reconnects for r in Counted.receivers),
+            "reader": type(Counted.receivers[0]).__name__ if Counted.receivers else None,
+            "applied": bridge.processor.events_applied,
+            "ignored": bridge.processor.board.ignored}
 
 
 def run_flower(args, stats: Stats) -> dict:
@@ -158,12 +155,12 @@ def preload_flower(state, n: int) -> None:
 def run_redis(args, stats: Stats, decode: bool) -> dict:
     import redis
 
-    from bench.wire import decode as decode_msg
+    from tasks import wire
 
     settings = load_settings()
     client = redis.Redis.from_url(settings.redis_url)
     sub = client.pubsub(ignore_subscribe_messages=True)
-    sub.psubscribe("/0.celeryev/*")
+    sub.psubscribe(wire.pattern(settings.broker_url))
     stop = threading.Event()
     per = args.per_msg
 
@@ -176,7 +173,7 @@ def run_redis(args, stats: Stats, decode: bool) -> dict:
             if stats.t_first is None:
                 stats.t_first = t
             if decode:
-                evs = decode_msg(msg["data"])
+                evs = wire.decode(msg["data"])
                 n += len(evs)
                 if stats.want_lag:
                     stats.lags.extend(t - e["timestamp"] for e in evs)

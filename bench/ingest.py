@@ -83,7 +83,7 @@ def warm_records(n: int) -> list[dict]:
         if type_ in keep:
             clock += 1
             board.apply({"hostname": "bench-worker@localhost", "clock": clock, **fields,
-                         "timestamp": time.time(), "type": type_})
+                         "timestamp": time.time(), "type": type_}, fields.get("results"))
     return board.take_records()
 
 
@@ -198,16 +198,16 @@ def overload(stack: Stack, kind: str, rate: float, seconds: float) -> dict:
 def processor_breakdown(stack: Stack, n_tasks: int = 1000) -> dict:
     """The bridge's processor alone, in this process, on the same kind of stream.
 
-    ``Board.apply`` + ``Coalescer`` + record pass (``state``), plus the real
-    ``Publisher.send`` Lua script with only the Socket.IO messages (``emits``),
-    only the store records (``records``), both (``full``), and both plus one
-    result-backend read per batch of finished caption jobs (``full+results``,
-    what ``Bridge._caption_results`` adds), in batches of 20 and 200 events (the
-    processor's batch is whatever queued up meanwhile). Microseconds per event.
+    The processor's pure step (``Processor.step``: board, operator view,
+    coalescer, record pass; ``state``), plus the real ``Publisher.send`` Lua
+    script with only the Socket.IO messages (``emits``), only the store records
+    (``records``), both (``full``), and both plus the result-backend read the
+    bridge makes per batch of finished caption jobs (``full+results``: one
+    ``MGET``), in batches of 20 and 200 events (the bridge's batch is whatever
+    queued up meanwhile). Microseconds per event.
     """
-    from bridge.emitter import Coalescer, Publisher
+    from bridge.emitter import Publisher
     from bridge.records import RecordWriter
-    from bridge.state import Board
 
     client = stack.client(0)
     base = []
@@ -221,21 +221,21 @@ def processor_breakdown(stack: Stack, n_tasks: int = 1000) -> dict:
         row = {}
         for mode in ("state", "emits", "records", "full", "full+results"):
             client.flushdb()
-            board, coalescer = Board(200_000), Coalescer(0.1)
+            proc = common.processor(200_000)
             pub = Publisher(client, RecordWriter())
             events = [{**e, "timestamp": time.time()} for e in base]
             t0 = time.perf_counter()
             for i in range(0, len(events), batch):
                 part = events[i:i + batch]
-                if mode == "full+results":  # one MGET per batch, as Bridge._caption_results
+                if mode == "full+results":  # one MGET per batch, as the bridge's look-up
                     ended = [e["uuid"] for e in part if e["type"] == "task-succeeded"]
                     if ended:
                         client.mget([f"celery-task-meta-{t}" for t in ended])
-                emit, records = common.state_pass(board, coalescer, part, time.time())
+                step = common.processor_step(proc, part, time.time())
                 if mode in ("emits", "full", "full+results"):
-                    pub.send(emit, records if mode != "emits" else [])
+                    pub.send(step.updates, step.records if mode != "emits" else [])
                 elif mode == "records":
-                    pub.send([], records)
+                    pub.send([], step.records)
             row[mode] = round(1e6 * (time.perf_counter() - t0) / len(events), 1)
         out[f"batch_{batch}"] = row
     client.flushdb()

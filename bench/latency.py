@@ -8,7 +8,7 @@ workers at 100, 1 000 and 5 000 events/s for a few seconds: each job sends
 ``task-received``, ``task-started``, progress per image and ``task-succeeded``
 over a quarter of the run, jobs staggered. Below 2 000 events/s the producer
 sends as a Skald worker does (Celery's ``Dispatcher.send`` for the lifecycle
-events, ``RedisEventWire`` for progress); at 1 000 also every event through
+events, ``tasks.reporting.EventSender`` for progress); at 1 000 also every event through
 the Dispatcher, and as pipelined bytes (bench/wire.py), to show what the
 producer's own CPU costs on two shared cores; at 5 000 only the pipelined
 bytes, because one Dispatcher cannot go that fast.

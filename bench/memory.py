@@ -3,11 +3,11 @@
 Each (implementation, size) runs in a fresh process (``python -m bench.memory
 CHILD IMPL N``) fed the same events in memory, no I/O:
 
-- ``bridge``: ``bridge.state.Board`` plus the ``Coalescer`` and the
-  ``take_records()`` pass of the processor, in batches of 2 000 as
-  ``Bridge._process`` does; ``task-succeeded`` carries ``results`` as the
-  service adds them from the result backend. The process runs the GC policy
-  of ``python -m bridge`` (``gcpolicy.keep_pauses_short``).
+- ``bridge``: the bridge's processor (``bridge.processor.Processor.step``: the
+  board, the operator view, the coalescer, the record pass), in batches of
+  2 000; each ``task-succeeded`` comes with its job's return value as the
+  bridge reads it from the result backend. The process runs the GC policy of
+  ``python -m bridge`` (``gcpolicy.keep_pauses_short``).
 - ``flower``: ``flower.events.EventsState`` (Celery's ``State`` plus Flower's
   metrics and search index), ``max_tasks_in_memory`` = N, fed the same events.
 
@@ -69,19 +69,16 @@ def child(impl: str, n: int, trace: bool) -> dict:
 
     proc = psutil.Process()
     if impl == "bridge":
-        from bridge.emitter import Coalescer
-        from bridge.state import Board
         from gcpolicy import keep_pauses_short
 
-        board = Board(max_tasks=max(n, 1))
-        coalescer = Coalescer(0.1)
+        processor = common.processor(n)
         keep_pauses_short()  # the GC policy `python -m bridge` runs with
 
         def feed(batch: list[dict]) -> None:
-            common.state_pass(board, coalescer, batch, time.time())
+            common.processor_step(processor, batch, time.time())
 
         def count() -> int:
-            return len(board)
+            return len(processor.board)
     else:
         from flower.events import EventsState
 

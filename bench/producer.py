@@ -8,11 +8,11 @@ time, stamped when sent, by:
 
 - ``worker``: what a Skald worker sends: the lifecycle events (received,
   started, succeeded) through Celery's own ``app.events.Dispatcher.send``, the
-  ``task-progress`` events through ``tasks.reporting.RedisEventWire`` (one
-  ``PUBLISH`` each with replies off, as a caption job sends them);
-- ``celery``: every event through Celery's ``Dispatcher.send`` (the code under
-  plain ``task.send_event``), one event per message; about 2 000 events/s at
-  most from one process here (kombu builds a redis-py client per publish);
+  ``task-progress`` events through ``tasks.reporting.EventSender`` (as a caption
+  job sends them: one long-lived dispatcher of its own);
+- ``celery``: every event through one Celery ``Dispatcher.send``, one event per
+  message; about 2 000 events/s at most from one process here (kombu builds a
+  redis-py client per publish);
 - ``wire``: the same bytes built by bench/wire.py and pipelined, for higher rates.
 
 Prints ``{"ready"}``, waits for ``go`` on stdin, sends, prints a JSON summary.
@@ -66,22 +66,19 @@ def main(path: str) -> None:
     settings = load_settings()
     if mode in ("celery", "worker"):
         from tasks.app import make_celery
-        from tasks.reporting import RedisEventWire
+        from tasks.reporting import EventSender
 
         app = make_celery(settings)
         conn = app.connection_for_write()
         host = "bench-worker@localhost"
         disp = app.events.Dispatcher(conn, hostname=host)
-        progress = RedisEventWire(settings.broker_url) if mode == "worker" else None
-        clock = 0
+        progress = EventSender(app) if mode == "worker" else None
 
         def send(batch):
-            nonlocal clock
             for _, type_, fields in batch:
                 if progress is not None and type_ == ev.TASK_PROGRESS:
-                    clock += 1
                     rest = {k: v for k, v in fields.items() if k != "uuid"}
-                    progress.publish(host, type_, fields["uuid"], rest, clock)
+                    progress.send(host, type_, fields["uuid"], rest)
                 else:
                     disp.send(type_, **fields)
     else:

@@ -16,7 +16,7 @@ import traceback
 
 from bench import common, report
 
-ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead", "captioner"]
+ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead", "rss", "captioner"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,16 @@ The same app and tasks as ``worker.py``, with two changes for the A/B:
   (Celery's own task events and ``task-cancelled`` still go out), so on and
   off jobs run in the same process, one after the other;
 - the calls a job makes on its own thread to send events (tasks/caption.py's
-  ``_send`` and ``_events.flush``) run inside a ``perf_counter`` pair. After the
+  ``_send``) run inside a ``perf_counter`` pair. After the
   task returned (``task_postrun``, outside the job's own ``started_at``/
   ``finished_at``) the job's total is stored at ``bench:send_event_s:<task_id>``
   in Redis. Work the job causes elsewhere (Redis, the other core) is not in
-  this figure (it shows in the A/B).
+  this figure (it shows in the A/B);
+- with ``BENCH_IMAGE_COST_MS`` set, each image costs that much more CPU on the
+  job's thread (a busy loop after the captioner's own work): the per-image
+  cost of a real model (the default ``local`` captioner takes ~0.2-1.5 s).
 """
+import os
 import time
 
 from celery.signals import task_postrun
@@ -52,8 +56,27 @@ def _quiet_off_queue(send):
     return wrapped
 
 
+class _Costly:
+    """A captioner that spends ``ms`` more CPU per image than the one it wraps."""
+
+    def __init__(self, inner, ms: float) -> None:
+        self.inner, self.seconds, self.name = inner, ms / 1000.0, inner.name
+
+    def caption(self, path, should_stop):
+        text = self.inner.caption(path, should_stop)
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            sum(range(1000))
+        return text
+
+
+def _costly(make, ms: float):
+    return lambda settings: _Costly(make(settings), ms)
+
+
 caption._send = _timed(_quiet_off_queue(caption._send))
-caption._events.flush = _timed(caption._events.flush)
+if float(os.environ.get("BENCH_IMAGE_COST_MS") or 0) > 0:
+    caption.get_captioner = _costly(caption.get_captioner, float(os.environ["BENCH_IMAGE_COST_MS"]))
 
 
 @task_postrun.connect

@@ -8,7 +8,8 @@ import sys
 from settings import SettingsError, load_settings
 
 
-def main() -> int:
+def main(bridge_class: type | None = None) -> int:
+    """Run until SIGTERM or SIGINT (``bridge_class``: a subclass of ``bridge.service.Bridge``)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -20,7 +21,7 @@ def main() -> int:
     from gcpolicy import keep_pauses_short
 
     keep_pauses_short()  # 100 000 tracked tasks: keep full GC pauses short
-    bridge = Bridge(settings)
+    bridge = (bridge_class or Bridge)(settings)
     signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
     signal.signal(signal.SIGINT, lambda *_: bridge.stop())
     bridge.run()

@@ -46,7 +46,7 @@ class TrackRequest:
     total: int
 
 
-Command = CancelRequest | TrackRequest
+Request = CancelRequest | TrackRequest
 
 
 def send_cancel(client: redis.Redis, task_id: str, by: str) -> str:
@@ -71,7 +71,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def parse(fields: dict[Any, Any]) -> Command | None:
+def parse(fields: dict[Any, Any]) -> Request | None:
     """A request from a stream entry, or None when the entry is malformed."""
     try:
         f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
@@ -108,7 +108,7 @@ class CommandReader:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, block_ms: int = 1000, count: int = 100) -> list[tuple[str, Command | None]]:
+    def read(self, block_ms: int = 1000, count: int = 100) -> list[tuple[str, Request | None]]:
         """Entries to handle: first any left pending (by us or a dead consumer), then new ones."""
         if self._pending_first:
             self._pending_first = False
@@ -118,7 +118,7 @@ class CommandReader:
             if entries:
                 return [(_id(m), parse(f)) for m, f in entries if f is not None]
         resp = self.client.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
-        out: list[tuple[str, Command | None]] = []
+        out: list[tuple[str, Request | None]] = []
         for _stream, entries in resp or []:
             out.extend((_id(m), parse(f)) for m, f in entries)
         return out

@@ -9,10 +9,14 @@ Publishing: the messages go to Flask-SocketIO's Redis message-queue channel in
 the format python-socketio's ``RedisManager`` writes, together with the store
 writes, in one Lua script that first checks the leader lease. So an ending is
 stored and emitted together or not at all (exactly once across a bridge
-crash), and a bridge that lost its lease can emit nothing.
+crash), and a bridge that lost its lease can emit nothing. Each record and
+message is encoded on its own: one that cannot be (the state machine clamps
+numbers, so this is a last line) is logged and left out, and costs the others
+nothing.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +28,7 @@ from bridge.records import RecordWriter
 from bridge.state import Update
 from protocol import SOCKETIO_CHANNEL
 
+log = logging.getLogger(__name__)
 RECENT_CAPTIONS_CAP = 50
 
 
@@ -32,18 +37,25 @@ class Coalescer:
         self.window = window
         self._last: dict[tuple[str, str, str], float] = {}
         self._pending: dict[tuple[str, str, str], Update] = {}
+        self._events: dict[str, None] = {}  # the (few) event names coalesced so far, in order
 
     def offer(self, update: Update, now: float) -> list[Update]:
         """What to send now for ``update`` (maybe nothing: it waits)."""
         key = (update.event, update.room, update.task_id)
         if update.terminal:
-            out = [p for k, p in list(self._pending.items())
-                   if k[1] == update.room and k[2] == update.task_id]
-            for k in [k for k in self._pending if k[1] == update.room and k[2] == update.task_id]:
-                del self._pending[k]
+            # The task's waiting updates in this room go first; its windows are forgotten
+            # (nothing follows an ending), so what is remembered stays bounded by open tasks.
+            out = []
+            for event in self._events:
+                mine = (event, update.room, update.task_id)
+                self._last.pop(mine, None)
+                waiting = self._pending.pop(mine, None)
+                if waiting is not None:
+                    out.append(waiting)
             self._last.pop(key, None)
             out.append(update)
             return out
+        self._events.setdefault(update.event)
         last = self._last.get(key)
         if last is None or now - last >= self.window:
             self._last[key] = now
@@ -158,10 +170,26 @@ class Publisher:
         self.chunk = chunk
         self.host_id = uuid.uuid4().hex
         self._script = client.register_script(_SCRIPT)
-        self.emitted = 0
+        self.skipped = 0
 
     def encode(self, update: Update) -> bytes:
         return socketio_message(update.event, update.payload, update.room, self.host_id)
+
+    def _put(self, ops: Ops, record: dict) -> None:
+        try:
+            self.store.put(ops, record)
+        except orjson.JSONEncodeError as exc:
+            self._skip("record", record["snapshot"].get("task_id"), exc)
+
+    def _publish(self, ops: Ops, update: Update) -> None:
+        try:
+            ops.publish(self.channel, self.encode(update))
+        except orjson.JSONEncodeError as exc:
+            self._skip(update.event, update.task_id, exc)
+
+    def _skip(self, what: str, task_id: object, exc: Exception) -> None:
+        self.skipped += 1
+        log.error("left out a %s of %.64r that cannot be encoded: %s", what, task_id, exc)
 
     def send(self, updates: list[Update], records: Iterable[dict], extra: Ops | None = None) -> None:
         """Write ``records`` and emit ``updates`` (in order), atomically per chunk.
@@ -180,17 +208,16 @@ class Publisher:
             for u in part:
                 record = by_task.pop(u.task_id, None)
                 if record is not None:
-                    self.store.put(ops, record)
+                    self._put(ops, record)
             if last:
                 for record in by_task.values():
-                    self.store.put(ops, record)
+                    self._put(ops, record)
                 if by_task:
                     self.store.trim(ops)
             for u in part:
-                ops.publish(self.channel, self.encode(u))
+                self._publish(ops, u)
             if ops.count:
                 self._run(ops)
-            self.emitted += len(part)
             if last:
                 return
             start += self.chunk

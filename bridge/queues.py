@@ -4,10 +4,17 @@ One code path for every broker kombu speaks: a passive ``queue_declare``
 returns the message count (kombu's Redis transport answers it with ``LLEN``
 over the priority lists; RabbitMQ with the server's count). A queue that does
 not exist yet (the Redis list is absent while empty) counts 0.
+
+One connection and one channel serve every probe, for as long as they work:
+a kombu channel is a cycle of objects (channel, pools, clients), so a channel
+per probe would be garbage that only the collector frees, and the bridge's GC
+policy (gcpolicy.py) keeps such garbage for up to a quarter of an hour
+(tests/test_queues.py counts it).
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -28,46 +35,55 @@ def queue_names(app: Celery) -> list[str]:
 
 
 class QueueProbe:
-    """Reads queue lengths over one broker connection, reopened after a failure."""
+    """Reads queue lengths over one broker connection and channel, reopened after a failure."""
 
     def __init__(self, app: Celery, names: list[str] | None = None) -> None:
         self.app = app
         self.names = names or queue_names(app)
-        self._conn = None
+        self._conn: Any = None
+        self._channel: Any = None
 
     def lengths(self) -> dict[str, int] | None:
         """``{queue: messages waiting}``, or None when the broker cannot be read."""
-        conn = self._conn
         try:
-            if conn is None:
-                conn = self._conn = self.app.connection_for_read()
-                conn.ensure_connection(max_retries=1)
-            out: dict[str, int] = {}
-            for name in self.names:
-                channel = conn.channel()
-                try:
-                    out[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
-                except conn.channel_errors:
-                    out[name] = 0  # no such queue yet: nothing waits in it
-                finally:
-                    _close(channel, conn)
-            return out
-        except (OperationalError, OSError, *(conn.connection_errors if conn else ())) as exc:  # noqa: B030
+            if self._channel is None:
+                self._conn = self.app.connection_for_read()
+                self._conn.ensure_connection(max_retries=1)
+                self._channel = self._conn.channel()
+            return {name: self._length(name) for name in self.names}
+        except (OperationalError, OSError, *self._errors()) as exc:  # noqa: B030
             log.warning("cannot read broker queue lengths: %s", exc)
             self.close()
             return None
 
+    def _length(self, name: str) -> int:
+        try:
+            return int(self._channel.queue_declare(queue=name, passive=True).message_count)
+        except self._conn.channel_errors:
+            # No such queue yet: nothing waits in it. On AMQP that error also closed
+            # the channel (kombu's Redis channel stays open): then take a fresh one.
+            if getattr(self._channel, "closed", False) or not getattr(self._channel, "is_open", True):
+                self._close(self._channel)
+                self._channel = self._conn.channel()
+            return 0
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        conn = self._conn
+        return tuple(conn.connection_errors) + tuple(conn.channel_errors) if conn else ()
+
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        self._close(self._channel)
+        conn, self._channel, self._conn = self._conn, None, None
         if conn is not None:
             try:
                 conn.release()
             except (OperationalError, OSError, *conn.connection_errors) as exc:
                 log.debug("closing the probe connection: %s", exc)
 
-
-def _close(channel, conn) -> None:
-    try:
-        channel.close()
-    except (OSError, *conn.channel_errors, *conn.connection_errors) as exc:
-        log.debug("closing a probe channel: %s", exc)
+    def _close(self, channel: Any) -> None:
+        if channel is None or self._conn is None:
+            return
+        try:
+            channel.close()
+        except (OSError, *self._errors()) as exc:
+            log.debug("closing a probe channel: %s", exc)

@@ -4,7 +4,7 @@ Two readers of the same stream, picked by the broker:
 
 - :class:`RedisEventReader` (Redis broker): subscribes to the event exchange's
   pub/sub channels itself, parses the replies with hiredis and decodes kombu's
-  envelope with orjson, handing over every event already read in one batch.
+  envelope (tasks/wire.py), handing over every event already read in one batch.
   Celery's ``Receiver`` does the same work per message through kombu's virtual
   transport, several times slower (``bench/RESULTS.md``).
 - :class:`KombuEventReceiver` (any other broker, e.g. RabbitMQ): Celery's own
@@ -16,18 +16,18 @@ and log and skip a message they cannot decode.
 """
 from __future__ import annotations
 
-import binascii
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import hiredis
-import orjson
 import redis
 from celery import Celery
 from celery.utils.time import utcoffset
+from kombu.exceptions import KombuError
+
+from tasks import wire
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ BACKOFF_CAP = 5.0
 BATCH_MAX = 2000  # events handed over at once at most
 READ_SIZE = 1 << 20  # bytes read from the socket at once (about 1 000 single events)
 IDLE_WAIT = 1.0  # s a read waits before checking for a stop request
-EXCHANGE = "celeryev"
 
 Sink = Callable[[list[dict]], None]
 
@@ -49,7 +48,6 @@ class _Reconnecting(threading.Thread):
         self.sink = sink
         self.on_connect = on_connect
         self._stopping = threading.Event()
-        self.connected = threading.Event()
         self.reconnects = 0
         self.skipped = 0
 
@@ -62,29 +60,22 @@ class _Reconnecting(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - any broker trouble means reconnect
                 if self._stopping.is_set():
                     break
-                self.connected.clear()
                 self.reconnects += 1
                 log.warning("event stream lost (%s: %s); reconnecting in %.1fs",
                             type(exc).__name__, exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
-        self.connected.clear()
 
     def _subscribed(self) -> None:
         # From here on nothing is missed: now is when the bridge reconciles the gap.
-        self.connected.set()
         self.on_connect()
 
     def _session(self, subscribed: Callable[[], None]) -> None:
         raise NotImplementedError
 
     def _deliver(self, events: list[dict]) -> None:
-        if not events:
-            return
-        try:
+        if events:
             self.sink(events)
-        except Exception:  # noqa: BLE001 - one bad batch must not stop the stream
-            log.exception("skipped %d events that could not be handled", len(events))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -98,9 +89,7 @@ class RedisEventReader(_Reconnecting):
         super().__init__(sink, on_connect)
         self.broker_url = broker_url
         self.wakeup = wakeup
-        db = (urlsplit(broker_url).path or "/0").strip("/") or "0"
-        # kombu's Redis fanout with fanout_prefix + fanout_patterns.
-        self.pattern = f"/{db}.{EXCHANGE}/*"
+        self.pattern = wire.pattern(broker_url)
 
     def _session(self, subscribed: Callable[[], None]) -> None:
         # redis-py opens the connection (TCP, unix socket or TLS; AUTH, SELECT);
@@ -148,36 +137,21 @@ class RedisEventReader(_Reconnecting):
         """Ask workers for a heartbeat now, so the worker list fills at once."""
         try:
             self.wakeup()
-        except Exception as exc:  # noqa: BLE001 - only a courtesy
+        except (KombuError, redis.RedisError, OSError) as exc:  # only a courtesy
             log.debug("could not wake workers: %s", exc)
 
     def _decode(self, data: bytes, out: list[dict], here: float) -> None:
         try:
-            envelope = orjson.loads(data)
-            if envelope.get("content-type") != "application/json":
-                raise ValueError(f"content type {envelope.get('content-type')!r} refused")
-            body: Any = envelope["body"]
-            if (envelope.get("properties") or {}).get("body_encoding") == "base64":
-                body = binascii.a2b_base64(body)  # base64.b64decode minus its Python wrapper
-            payload = orjson.loads(body)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            events = wire.decode(data)
+        except wire.WireError as exc:
             self.skipped += 1
             if self.skipped <= 10 or self.skipped % 1000 == 0:
                 log.warning("skipped an event message that cannot be decoded (%s); %d so far",
                             exc, self.skipped)
             return
-        for event in payload if isinstance(payload, list) else (payload,):
-            if isinstance(event, dict):
-                _localize(event, here)
-                out.append(event)
-
-
-def _localize(event: dict, here: float) -> None:
-    """What Celery's Receiver does to each event's timestamp (utcoffset in hours)."""
-    try:
-        event["timestamp"] = event["timestamp"] - (event["utcoffset"] - here) * 3600
-    except (KeyError, TypeError):
-        pass
+        for event in events:
+            wire.localize(event, here)
+        out.extend(events)
 
 
 class KombuEventReceiver(_Reconnecting):
@@ -211,7 +185,7 @@ class KombuEventReceiver(_Reconnecting):
 def event_reader(app: Celery, broker_url: str, sink: Sink,
                  on_connect: Callable[[], None]) -> _Reconnecting:
     """The fastest reader for this broker."""
-    if urlsplit(broker_url).scheme in ("redis", "rediss"):
+    if wire.is_redis(broker_url):
         return RedisEventReader(broker_url, sink, on_connect,
                                 wakeup=lambda: app.control.broadcast("heartbeat"))
     return KombuEventReceiver(app, sink, on_connect)

@@ -1,17 +1,21 @@
-"""Endings the event stream lost, read back from Celery's result backend.
+"""What Celery's result backend knows of tasks: the truth the event stream may have lost.
 
 Events are fire-and-forget: a bridge that was down, or that Redis dropped for
-falling behind, misses some. Every task the bridge holds as not ended is looked
-up in the result backend; a terminal state found there becomes the event that
-would have said so. Reads are batched (``MGET``) on key-value backends.
+falling behind, misses some. The bridge looks tasks up here (reads batched,
+``MGET``, on key-value backends: :func:`backend_metas`, the only I/O) to find
+endings it missed (:func:`ending_event`: the event that would have said so),
+a caption job's return value for its ending (:func:`result_of`), and, before
+it decides on a cancel, whether a worker already started or ended the task.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import KombuError
 
 from tasks import events as ev
 
@@ -32,7 +36,7 @@ def backend_metas(app: Celery, task_ids: Iterable[str]) -> dict[str, dict]:
                 if raw:
                     try:
                         out[task_id] = backend.decode_result(raw)
-                    except Exception:  # noqa: BLE001 - one bad entry must not stop the rest
+                    except (ValueError, TypeError, KeyError, KombuError):  # one bad entry only
                         log.warning("cannot decode the stored result of %s", task_id)
         return out
     for task_id in ids:  # pragma: no cover - other backends
@@ -42,17 +46,25 @@ def backend_metas(app: Celery, task_ids: Iterable[str]) -> dict[str, dict]:
     return out
 
 
+def started(meta: dict | None) -> bool:
+    """Whether a worker started the task (``task_track_started``) or ended it."""
+    return bool(meta) and meta.get("status") not in (None, "PENDING", "RECEIVED")
+
+
+def result_of(meta: dict | None) -> Any:
+    """The return value of a task that succeeded (None otherwise)."""
+    return meta.get("result") if meta and meta.get("status") == "SUCCESS" else None
+
+
 def ending_event(task_id: str, meta: dict) -> dict | None:
-    """The Celery event a terminal ``meta`` stands for, or None if it has not ended."""
+    """The Celery event a terminal ``meta`` stands for, or None if it has not ended
+    (a SUCCESS's return value goes with it: :func:`result_of`)."""
     status = meta.get("status")
     stamp = _timestamp(meta.get("date_done"))
-    base: dict[str, Any] = {"uuid": task_id, "timestamp": stamp, "reconciled": True}
+    base: dict[str, Any] = {"uuid": task_id, "timestamp": stamp}
     result = meta.get("result")
     if status == "SUCCESS":
-        event = {"type": ev.TASK_SUCCEEDED, **base, "result": repr(result)[:1024]}
-        if isinstance(result, dict) and "captions" in result:
-            event["results"] = result
-        return event
+        return {"type": ev.TASK_SUCCEEDED, **base, "result": repr(result)[:1024]}
     if status == "FAILURE":
         exc = result if isinstance(result, dict) else {}
         message = exc.get("exc_message", "")
@@ -66,24 +78,12 @@ def ending_event(task_id: str, meta: dict) -> dict | None:
     return None
 
 
-def caption_results(app: Celery, task_ids: Iterable[str]) -> dict[str, dict]:
-    """Caption jobs' return values (``count``, ``failed``, ``captions``) from the backend."""
-    out = {}
-    for task_id, meta in backend_metas(app, task_ids).items():
-        result = meta.get("result")
-        if isinstance(result, dict) and "captions" in result:
-            out[task_id] = result
-    return out
-
-
 def _timestamp(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
     try:
-        from datetime import datetime
-
         return datetime.fromisoformat(str(value)).timestamp()
     except ValueError:
         return None

@@ -226,8 +226,6 @@ def caption_job(self: Task, job_id: int) -> dict:
     except CaptionerUnavailable as exc:
         _finish(settings, job_id, "FAILURE", "failed", error=str(exc))
         raise
-    finally:
-        _events.flush()  # our events go out before Celery's ending event
     _finish(settings, job_id, "SUCCESS", "done")
     return result
 
@@ -239,7 +237,7 @@ def _cancel(task: Task, settings: Settings, job_id: int) -> None:
         completed, total = job.done - job.failed, job.total  # kept current image by image
         owner = job.owner.name
     _finish(settings, job_id, "REVOKED", "cancelled")
+    # Sent (synchronously) before the backend says REVOKED: the bridge hears the count first.
     _send(task, events.TASK_CANCELLED, events.cancelled_fields(
         completed=completed, total=total, job_id=job_id, owner=owner))
-    _events.flush()  # the bridge hears "cancelled" (with its count) before the backend says so
     task.backend.mark_as_revoked(task.request.id, "cancelled", request=task.request)

@@ -23,6 +23,7 @@ from bridge import records as bridge_records
 from bridge.cluster import Cluster
 from bridge.commands import STREAM
 from bridge.records import RecordWriter
+from bridge.state import Board
 from protocol import METRIC_NAMES, SOCKETIO_CHANNEL
 from tasks import events as ev
 from tests.support import Watcher, submit_job, wait_for
@@ -172,11 +173,11 @@ def test_workers_and_cluster_read_what_the_bridge_stored(iso_client, users, rcli
     boss = users("boss", admin=True)
     assert iso_client.get("/api/workers", headers=boss["headers"]).get_json() == {"workers": []}
     cluster = Cluster()
-    cluster.apply({"type": ev.WORKER_HEARTBEAT, "hostname": "celery@a", "timestamp": time.time(),
-                   "active": 2, "processed": 9, "loadavg": [0.1, 0.2, 0.3], "freq": 2.0})
+    cluster.observe({"type": ev.WORKER_HEARTBEAT, "hostname": "celery@a", "timestamp": time.time(),
+                     "active": 2, "processed": 9, "loadavg": [0.1, 0.2, 0.3], "freq": 2.0})
     updates = cluster.tick()
     pipe = rclient.pipeline()
-    bridge_records.put_cluster(pipe, metrics=updates[-1].payload["metrics"], workers=cluster.workers(),
+    bridge_records.put_cluster(pipe, metrics=updates[-1].payload["metrics"], workers=cluster.workers.as_list(),
                         stats=cluster.stats(), history=list(cluster.history),
                         alerts=[{"level": "info", "kind": "k", "message": "m", "at": 1.0}])
     pipe.execute()
@@ -193,18 +194,21 @@ def test_workers_and_cluster_read_what_the_bridge_stored(iso_client, users, rcli
 
 
 def test_metrics_page_parses_with_bounded_labels(iso_client, rclient):
-    cluster = Cluster()
+    cluster, board = Cluster(), Board()
     host = "celery@worker-host-1"
-    cluster.apply({"type": ev.WORKER_HEARTBEAT, "hostname": host, "timestamp": time.time()})
     ids = []
+    events = [{"type": ev.WORKER_HEARTBEAT, "hostname": host, "timestamp": time.time()}]
     for i, end in enumerate([ev.TASK_SUCCEEDED, ev.TASK_SUCCEEDED, ev.TASK_FAILED]):
         tid = str(uuid.uuid4())
         ids.append(tid)
         name = ev.CAPTION_TASK_NAME if i < 2 else "reports.build"
-        cluster.apply({"type": ev.TASK_RECEIVED, "uuid": tid, "name": name, "hostname": host,
-                       "timestamp": time.time()})
-        cluster.apply({"type": end, "uuid": tid, "runtime": 0.7, "hostname": host,
-                       "timestamp": time.time()})
+        events += [{"type": ev.TASK_RECEIVED, "uuid": tid, "name": name, "hostname": host,
+                    "timestamp": time.time()},
+                   {"type": end, "uuid": tid, "runtime": 0.7, "hostname": host,
+                    "timestamp": time.time()}]
+    for event in events:  # as the bridge's processor feeds them
+        cluster.observe(event)
+        cluster.transitions(board.apply(event).transitions)
     cluster.set_queues({"celery": 3})
     cluster.tick()
     pipe = rclient.pipeline()

@@ -1,5 +1,8 @@
-"""The state tier of the operator view: scripted worker and task events fed to
-``bridge.cluster.Cluster`` with an injected clock. No I/O, no sleeping."""
+"""The state tier of the operator view: ``bridge.cluster.Cluster`` with an injected clock.
+No I/O, no sleeping.
+
+Task counters are fed the board's transitions (bridge/state.py is the one table of
+tasks; its rules are tests/test_state.py's), worker events go to ``observe``."""
 from __future__ import annotations
 
 import json
@@ -8,6 +11,7 @@ import uuid as uuidlib
 import pytest
 
 from bridge.cluster import HISTORY_COLUMNS, OTHER, Cluster
+from bridge.state import BACKEND, Board
 from protocol import ADMIN_ALERT, ADMIN_ROOM, METRIC_NAMES, SYSTEM_METRICS_UPDATE
 from tasks import events as ev
 
@@ -33,10 +37,24 @@ def clock() -> Clock:
     return Clock()
 
 
+class Fed(Cluster):
+    """A cluster fed as the processor feeds it: every event observed, task events
+    applied to a board first and the board's transitions counted."""
+
+    def __init__(self, clock: Clock, max_tasks: int = 100_000, **kw) -> None:
+        super().__init__(clock=clock, **kw)
+        self.board = Board(max_tasks, clock)
+
+    def apply(self, event: dict, source: str = "event") -> list:
+        out = self.observe(event) if source == "event" else []
+        change = self.board.apply(event, source=source)
+        return out + self.transitions(change.transitions)
+
+
 @pytest.fixture()
-def cluster(clock: Clock) -> Cluster:
-    return Cluster(offline_after=10.0, failure_burst=3, failure_window=60.0, queue_backlog=5,
-                   lag_alert=10.0, backlog_alert=100, clock=clock)
+def cluster(clock: Clock) -> Fed:
+    return Fed(clock, offline_after=10.0, failure_burst=3, failure_window=60.0, queue_backlog=5,
+               lag_alert=10.0, backlog_alert=100)
 
 
 def worker_event(type_: str, host: str, ts: float, **fields) -> dict:
@@ -71,7 +89,7 @@ def alerts(updates) -> list[dict]:
 
 
 def by_host(cluster: Cluster) -> dict[str, dict]:
-    return {w["hostname"]: w for w in cluster.workers()}
+    return {w["hostname"]: w for w in cluster.workers.as_list()}
 
 
 # -- worker liveness ---------------------------------------------------------------------
@@ -108,7 +126,7 @@ def test_worker_offline_event_raises_one_alert(cluster, clock):
     workers = by_host(cluster)
     assert workers[HOST_B]["online"] is False and workers[HOST_B]["offline_reason"] == "offline"
     assert workers[HOST_A]["online"] is True
-    assert [w["hostname"] for w in cluster.workers()] == [HOST_A, HOST_B]  # online first
+    assert [w["hostname"] for w in cluster.workers.as_list()] == [HOST_A, HOST_B]  # online first
     assert cluster.metrics()["workers_online"] == 1
 
 
@@ -151,7 +169,7 @@ def test_slow_heartbeat_frequency_extends_the_expiry(cluster, clock):
 
 
 def test_workers_are_bounded_offline_oldest_evicted_first(clock):
-    cluster = Cluster(max_workers=3, clock=clock)
+    cluster = Fed(clock, max_workers=3)
     cluster.apply(heartbeat("w-old@h", clock.now))
     cluster.apply(worker_event(ev.WORKER_OFFLINE, "w-old@h", clock.now))
     for host in ("w1@h", "w2@h"):
@@ -194,7 +212,8 @@ def test_counts_by_state_and_name(cluster, clock):
     assert m["states"] == {"STARTED": 1, "PENDING": 1}
 
 
-def test_an_ended_task_is_counted_once(cluster, clock):
+def test_counts_follow_the_board_an_ending_it_ignores_is_not_counted(cluster, clock):
+    """The board decides (tests/test_state.py); the cluster counts only what it moved."""
     tid = run_task(cluster, clock)
     for late in (ev.TASK_SUCCEEDED, ev.TASK_FAILED, ev.TASK_REVOKED, ev.TASK_STARTED,
                  ev.TASK_PROGRESS):
@@ -202,37 +221,30 @@ def test_an_ended_task_is_counted_once(cluster, clock):
     assert cluster.completed_today == 1 and cluster.failed_today == 0
     assert cluster.open_counts == {}
     assert cluster.task_totals[("SUCCESS", ev.CAPTION_TASK_NAME)] == 1
+    assert cluster.event_totals[ev.TASK_SUCCEEDED] == 2  # every event is still counted as seen
 
 
-def test_out_of_order_events_never_move_a_task_back(cluster, clock):
+def test_a_name_learnt_late_moves_the_open_count(cluster, clock):
     tid = str(uuidlib.uuid4())
     cluster.apply(task_event(ev.TASK_STARTED, tid, clock.now))
+    assert cluster.open_counts == {("STARTED", "unknown"): 1}
     cluster.apply(task_event(ev.TASK_RECEIVED, tid, clock.now, name="x.y"))
-    cluster.apply(task_event(ev.TASK_SENT, tid, clock.now, name="x.y"))
-    assert cluster.open_counts == {("STARTED", "x.y"): 1}  # the name arrived late, state kept
+    assert cluster.open_counts == {("STARTED", "x.y"): 1}
+    assert cluster.task_totals == {("STARTED", "unknown"): 1}  # no state was reached again
 
 
-def test_celery_requeue_events_are_no_ending(cluster, clock):
-    tid = str(uuidlib.uuid4())
-    cluster.apply(task_event(ev.TASK_RECEIVED, tid, clock.now, name="x.y"))
-    cluster.apply(task_event(ev.TASK_CANCELLED, tid, clock.now))            # Celery's own
-    cluster.apply(task_event(ev.TASK_REJECTED, tid, clock.now, requeue=True))
-    assert cluster.open_counts == {("RECEIVED", "x.y"): 1}
-    cluster.apply(task_event(ev.TASK_CANCELLED, tid, clock.now, completed=2, total=5))  # ours
-    assert cluster.open_counts == {} and cluster.revoked_today == 1
-
-
-def test_bridge_decided_endings_close_the_task(cluster, clock):
+def test_bridge_decided_endings_are_counted(cluster, clock):
     tid = str(uuidlib.uuid4())
     cluster.apply(task_event(ev.TASK_SENT, tid, clock.now, name="x.y"))
-    cluster.task_ended(tid, "REVOKED")
+    cluster.transitions(cluster.board.cancel(tid).transitions)  # queued: REVOKED at once
     assert cluster.open_counts == {} and cluster.task_totals[("REVOKED", "x.y")] == 1
+    assert cluster.revoked_today == 1
     cluster.apply(task_event(ev.TASK_REVOKED, tid, clock.now))  # the worker's later word
     assert cluster.task_totals[("REVOKED", "x.y")] == 1
 
 
 def test_task_names_are_capped(clock):
-    cluster = Cluster(max_names=3, clock=clock)
+    cluster = Fed(clock, max_names=3)
     for i in range(6):
         run_task(cluster, clock, name=f"app.task_{i}")
     names = {name for _state, name in cluster.task_totals}
@@ -241,8 +253,8 @@ def test_task_names_are_capped(clock):
     assert set(cluster.runtimes) == {"app.task_0", "app.task_1", "app.task_2", OTHER}
 
 
-def test_open_tasks_are_bounded(clock):
-    cluster = Cluster(max_open=10, clock=clock)
+def test_tasks_the_board_evicts_leave_the_open_counts(clock):
+    cluster = Fed(clock, max_tasks=10)
     for _ in range(25):
         cluster.apply(task_event(ev.TASK_SENT, str(uuidlib.uuid4()), clock.now, name="x.y"))
     assert sum(cluster.open_counts.values()) == 10 and cluster.metrics()["queued"] == 10
@@ -290,7 +302,7 @@ def test_failure_burst_alerts_once_per_window(cluster, clock):
     raised = []
     for _ in range(2):
         run_task(cluster, clock, end=ev.TASK_FAILED)
-    assert cluster.alerts == type(cluster.alerts)()  # 2 < 3: nothing yet
+    assert not cluster.alerts.recent  # 2 < 3: nothing yet
     for _ in range(5):
         tid = str(uuidlib.uuid4())
         raised += alerts(cluster.apply(task_event(ev.TASK_FAILED, tid, clock.advance(1.0),
@@ -317,7 +329,7 @@ def test_reconciled_failures_count_but_raise_no_burst(cluster, clock):
     raised = []
     for _ in range(5):
         raised += alerts(cluster.apply(task_event(ev.TASK_FAILED, str(uuidlib.uuid4()),
-                                                  clock.now - 3600, reconciled=True)))
+                                                  clock.now - 3600), source=BACKEND))
     assert raised == [] and cluster.failed_today == 5
 
 
@@ -402,7 +414,7 @@ def test_history_is_sampled_and_bounded(cluster, clock):
 
 
 def test_stats_labels_are_bounded(clock):
-    cluster = Cluster(max_names=5, clock=clock)
+    cluster = Fed(clock, max_names=5)
     ids = [run_task(cluster, clock, name=f"n{i % 9}") for i in range(40)]
     text = json.dumps(cluster.stats())
     assert not any(tid in text for tid in ids)
@@ -417,18 +429,24 @@ def test_state_survives_a_restart(cluster, clock):
     run_task(cluster, clock)
     run_task(cluster, clock, end=ev.TASK_FAILED)
     cluster.tick()
-    stored = json.loads(json.dumps({"workers": cluster.workers(), "stats": cluster.stats(),
+    stored = json.loads(json.dumps({"workers": cluster.workers.as_list(), "stats": cluster.stats(),
                                     "history": list(cluster.history),
-                                    "alerts": list(cluster.alerts)}))
+                                    "alerts": list(cluster.alerts.recent)}))
+    old = Board(clock=clock)
+    old.apply(task_event(ev.TASK_RECEIVED, "t-open", clock.now, name="x.y"))
+    old.apply(task_event(ev.TASK_STARTED, "t-open", clock.now))
+    old.apply(task_event(ev.TASK_RECEIVED, "t-done", clock.now, name="x.y"))
+    old.apply(task_event(ev.TASK_SUCCEEDED, "t-done", clock.now))
+    records = json.loads(json.dumps(old.take_records()))
     clock.advance(3.0)
-    fresh = Cluster(offline_after=10.0, clock=clock)
+    fresh = Fed(clock, offline_after=10.0)
     fresh.load(**stored)
-    fresh.load_open([("t-open", "STARTED", "x.y", clock.now), ("t-done", "SUCCESS", "x.y", None)])
-    assert fresh.workers() == cluster.workers()
+    fresh.transitions(fresh.board.load(records))
+    assert fresh.workers.as_list() == cluster.workers.as_list()
     assert (fresh.completed_today, fresh.failed_today) == (1, 1)
     assert fresh.task_totals == cluster.task_totals
     assert fresh.runtimes == cluster.runtimes
-    assert list(fresh.alerts) == list(cluster.alerts) and len(fresh.history) == 1
+    assert list(fresh.alerts.recent) == list(cluster.alerts.recent) and len(fresh.history) == 1
     assert fresh.open_counts == {("STARTED", "x.y"): 1}
     assert fresh.metrics()["workers_online"] == 1
 
@@ -437,11 +455,11 @@ def test_restored_workers_get_a_grace_period(cluster, clock):
     """A bridge down for a minute heard no heartbeat: not a reason to alert at once."""
     cluster.apply(heartbeat(HOST_A, clock.now))
     cluster.apply(heartbeat(HOST_B, clock.now))
-    stored = json.loads(json.dumps(cluster.workers()))
+    stored = json.loads(json.dumps(cluster.workers.as_list()))
     clock.advance(60.0)
-    fresh = Cluster(offline_after=10.0, clock=clock)
+    fresh = Fed(clock, offline_after=10.0)
     fresh.load(workers=stored)
-    assert alerts(fresh.tick()) == [] and fresh.workers_online() == 2
+    assert alerts(fresh.tick()) == [] and fresh.workers.online() == 2
     assert by_host(fresh)[HOST_A]["last_heartbeat"] == clock.now - 60.0  # shown as it was
     fresh.apply(heartbeat(HOST_A, clock.advance(5.0)))
     clock.advance(5.1)  # B (dead while the bridge was down) expires 10 s after the restart
@@ -453,7 +471,7 @@ def test_restore_on_another_day_starts_today_at_zero(cluster, clock):
     run_task(cluster, clock)
     stats = json.loads(json.dumps(cluster.stats()))
     clock.advance(86400)
-    fresh = Cluster(clock=clock)
+    fresh = Fed(clock)
     fresh.load(stats=stats)
     assert fresh.completed_today == 0
     assert fresh.task_totals[("SUCCESS", ev.CAPTION_TASK_NAME)] == 1
@@ -464,5 +482,5 @@ def test_restore_ignores_garbage(cluster, clock):
                  stats={"tasks_total": [["SUCCESS"], 5, ["A", "b", "c"]], "events": [1],
                         "runtimes": {"x": "y"}, "runtime_buckets": [1]},
                  history=[[1, 2], "x"], alerts=["x", {"kind": "k"}])
-    assert [w["hostname"] for w in cluster.workers()] == ["ok@h"]
-    assert cluster.task_totals == {} and len(cluster.history) == 0 and len(cluster.alerts) == 1
+    assert [w["hostname"] for w in cluster.workers.as_list()] == ["ok@h"]
+    assert cluster.task_totals == {} and len(cluster.history) == 0 and len(cluster.alerts.recent) == 1

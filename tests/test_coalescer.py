@@ -281,7 +281,7 @@ def test_board_life_through_the_coalescer_ends_with_one_terminal_per_room():
                 "results": {"count": 20, "failed": 0, "captions": [], "total": 20}})
     sent: list[Update] = []
     for e in evs:
-        for u in board.apply(e):
+        for u in board.apply(e).updates:
             sent += c.offer(u, e["timestamp"])
         sent += c.due(e["timestamp"])
     sent += c.due(T0 + 100)

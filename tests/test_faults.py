@@ -5,9 +5,11 @@ Each test runs its own Redis, workers, bridge(s) and web process (tests.support.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
 import pytest
+import redis
 import requests
 
 from tests.support import Stack, Watcher, make_image, wait_for
@@ -157,9 +159,108 @@ def test_bridge_dropped_by_redis_still_delivers_every_ending(make_stack, tmp_pat
 def flood(stack: Stack, megabytes: int = 40) -> None:
     """Publish far more bytes on the event channel than the paused bridge can buffer
     (kernel socket buffers included), as messages it cannot parse."""
-    import redis
-
     client = redis.Redis.from_url(stack.settings.redis_url)
     junk = b"x" * (256 * 1024)
     for _ in range(megabytes * 4):
         client.publish("/0.celeryev/task.flood", junk)
+
+
+def test_a_late_cancel_never_overwrites_a_success(make_stack, tmp_path):
+    """Issue 16, item 9: the bridge never saw the job (it was down) and then handles the
+    cancel queued meanwhile: the job's SUCCESS, which the result backend holds, wins."""
+    from tasks.app import make_celery
+
+    stack = make_stack().start(workers=1, bridges=0)
+    user = stack.user("pia")
+    tid = stack.submit(user, pictures(tmp_path, 30, size=(2400, 1800)))
+    w = watch_all(stack, user, [tid])  # in the room while the job runs
+    try:
+        resp = requests.post(f"{stack.web.url}/api/jobs/{tid}/cancel", headers=user["headers"])
+        assert resp.status_code == 202, resp.text  # queued for the bridge, which is down
+        wait_for(lambda: requests.get(f"{stack.web.url}/api/jobs/{tid}", headers=user["headers"])
+                 .json()["state"] == "SUCCESS", 120, what="the job's success (no bridge: no flag)")
+        bridge = stack.start_bridge("fb-late")
+        ending = w.wait_ending(tid, 60)
+        time.sleep(1.5)  # room for a second ending to show up
+        assert [n for n, _ in w.endings(tid)] == ["task_completed"], bridge.log()[-3000:]
+        assert ending[0][1]["results"]["count"] == 30
+        snap = requests.get(f"{stack.web.url}/api/jobs/{tid}", headers=user["headers"]).json()
+        assert snap["state"] == "SUCCESS"
+        assert make_celery(stack.settings).AsyncResult(tid).state == "SUCCESS"
+    finally:
+        w.close()
+
+
+def test_an_event_with_huge_numbers_costs_the_bridge_nothing(make_stack, tmp_path):
+    """Issue 16, item 8: a worker event with 10**30 made the store write raise; the bridge
+    stepped down and dropped what it held. Numbers are clamped; nothing steps down."""
+    import uuid
+
+    from bridge.store import SnapshotStore
+    from tasks.app import make_celery
+
+    stack = make_stack().start(workers=1, bridges=1)
+    user = stack.user("quinn")
+    bridge = stack.procs.procs[1]
+    first = stack.submit(user, pictures(tmp_path, 2, size=(320, 240), prefix="q1-"))
+    w = watch_all(stack, user, [first])
+    try:
+        w.wait_ending(first, 60)
+        app = make_celery(stack.settings)
+        evil = str(uuid.uuid4())
+        huge = 10 ** 30
+        with app.connection_for_write() as conn, app.events.Dispatcher(conn, hostname="evil@h") as d:
+            d.send("task-progress", uuid=evil, current=huge, total=huge, job_id=huge, failed=huge,
+                   eta=huge, owner="x", step="s")
+            d.send("worker-heartbeat", active=huge, processed=huge, loadavg=[huge])
+        store = SnapshotStore(redis.Redis.from_url(stack.settings.redis_url))
+        record = wait_for(lambda: store.get(evil), 20, what="the odd task's record")
+        assert record["snapshot"]["current"] == 2 ** 53 - 1 and record["snapshot"]["job_id"] is None
+        after = stack.submit(user, pictures(tmp_path, 2, size=(320, 240), prefix="q2-"))
+        assert w.call("join_task", {"task_id": after})["ok"]
+        assert [n for n, _ in w.wait_ending(after, 60)] == ["task_completed"]
+        assert store.get(first)["snapshot"]["state"] == "SUCCESS"
+        log = bridge.log()
+        assert "stepping down" not in log and "Traceback" not in log, log[-3000:]
+    finally:
+        w.close()
+
+
+def test_a_worker_survives_a_redis_restart_mid_job(make_stack, tmp_path):
+    """Issue 16, item 12: a worker started as the Procfile starts it (gossip and mingle
+    on) died, or logged "Error on restarting Gossip", when Redis restarted mid-job."""
+    stack = make_stack(redis_args=["--appendonly", "yes", "--appendfsync", "always"])
+    stack.start(workers=0, bridges=1)
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-E", "--loglevel=INFO",
+            "-n", "procfile@%h", "-c", "1"]  # the Procfile's command (plus a name)
+    worker = stack.procs.start("fw-procfile", argv, stack.env)
+    wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="the worker")
+    user = stack.user("rae")
+    tid = stack.submit(user, pictures(tmp_path, 40, size=(2400, 1800)))
+    w = watch_all(stack, user, [tid])
+    try:
+        w.wait_progress(tid, 2)
+        stack.restart_redis(down_for=1.0)
+        ending = w.wait_ending(tid, 120)
+        assert [n for n, _ in ending] == ["task_completed"]
+        tid2 = stack.submit(user, pictures(tmp_path, 2, prefix="after"))
+        assert w.call("join_task", {"task_id": tid2})["ok"]
+        assert [n for n, _ in w.wait_ending(tid2, 60)] == ["task_completed"]
+        log = worker.log()
+        assert worker.alive(), log[-3000:]
+        for trouble in ("Unrecoverable error", "Error on restarting", "AttributeError"):
+            assert trouble not in log, log[-3000:]
+    finally:
+        w.close()
+
+
+def test_the_worker_runs_without_celerys_gossip_step():
+    from celery.worker.consumer import Consumer as CeleryConsumer
+
+    from celeryconfig import worker_consumer
+    from tasks.consumer import GOSSIP_STEP, Consumer
+
+    assert worker_consumer == "tasks.consumer:Consumer"
+    assert GOSSIP_STEP in CeleryConsumer.Blueprint.default_steps
+    assert GOSSIP_STEP not in Consumer.Blueprint.default_steps
+    assert len(Consumer.Blueprint.default_steps) == len(CeleryConsumer.Blueprint.default_steps) - 1

@@ -1,7 +1,6 @@
 """The bridge's Redis event reader against a real Redis: bursts, batches, junk."""
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -10,18 +9,17 @@ import uuid
 import redis
 
 from bridge.receiver import RedisEventReader
+from tasks import wire
 from tests.support import wait_for
 
 
 def envelope(payload) -> bytes:
-    """A Celery event message as kombu's Redis transport publishes it."""
-    body = base64.b64encode(json.dumps(payload).encode()).decode()
-    return json.dumps({"body": body, "content-encoding": "utf-8",
-                       "content-type": "application/json", "headers": {"hostname": "w@h"},
-                       "properties": {"delivery_mode": 1, "body_encoding": "base64",
-                                      "delivery_info": {"exchange": "celeryev",
-                                                        "routing_key": "task.progress"},
-                                      "priority": 0, "delivery_tag": str(uuid.uuid4())}}).encode()
+    """A Celery event message as kombu's Redis transport publishes it (tests/test_wire.py)."""
+    return wire.encode(payload, "task.progress", hostname="w@h", delivery_tag=str(uuid.uuid4()))
+
+
+def channel(url: str, key: str = "task.progress") -> str:
+    return wire.channel_prefix(url) + key
 
 
 def event(i: int) -> dict:
@@ -53,7 +51,7 @@ def test_a_large_burst_arrives_whole(redis_proc):
         n = 20_000
         pipe = client.pipeline(transaction=False)
         for i in range(n):
-            pipe.publish("/5.celeryev/task.progress", envelope(event(i)))
+            pipe.publish(channel(url), envelope(event(i)))
             if i % 1000 == 999:
                 pipe.execute()
         pipe.execute()
@@ -69,12 +67,13 @@ def test_batched_messages_and_junk(redis_proc):
     reader, got = start_reader(url)
     try:
         client = redis.Redis.from_url(url)
-        client.publish("/6.celeryev/task.multi", envelope([event(1), event(2), event(3)]))
-        client.publish("/6.celeryev/task.progress", b"not json at all")
-        client.publish("/6.celeryev/task.progress",
+        client.publish(channel(url, "task.multi"), envelope([event(1), event(2), event(3)]))
+        client.publish(channel(url), b"not json at all")
+        client.publish(channel(url),
                        json.dumps({"body": "x", "content-type": "application/x-python-serialize"}))
-        client.publish("/6.celeryev/task.progress", envelope(event(4)))
-        client.publish("/7.celeryev/task.progress", envelope(event(99)))  # another database
+        client.publish(channel(url), envelope(event(4)))
+        other = url.rsplit("/", 1)[0] + "/7"
+        client.publish(channel(other), envelope(event(99)))  # another database
         wait_for(lambda: len(got) >= 4, 10, what="events")
         time.sleep(0.2)
         assert [e["clock"] for e in got] == [1, 2, 3, 4]

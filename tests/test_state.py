@@ -15,7 +15,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 import protocol as payloads
-from bridge.state import TEXT_CAP, Board, Task, Update, parse_exception
+from bridge.state import Board, Change, Update
+from bridge.task import TEXT_CAP, Task, parse_exception
 from protocol import ADMIN_ROOM, JOB_UPDATE, task_room
 from tasks import events as ev
 
@@ -90,6 +91,15 @@ def board(**kw) -> Board:
     return Board(clock=lambda: 1000.0, **kw)
 
 
+def apply(b: Board, e) -> Change:
+    """``b.apply`` as the bridge calls it: a task-succeeded's ``results`` (the job's return
+    value) come from the result backend, apart from the event's own fields."""
+    if isinstance(e, dict) and "results" in e:
+        e = dict(e)
+        return b.apply(e, e.pop("results"))
+    return b.apply(e)
+
+
 def task_updates(updates: list[Update], tid: str) -> list[Update]:
     return [u for u in updates if u.room == task_room(tid)]
 
@@ -102,7 +112,7 @@ def terminals(updates: list[Update], tid: str | None = None) -> list[Update]:
 def apply_all(b: Board, evs) -> list[Update]:
     out: list[Update] = []
     for e in evs:
-        out += b.apply(e)
+        out += apply(b, e).updates
     return out
 
 
@@ -114,7 +124,7 @@ def run_to_progress(b: Board, tid: str, upto: int = 2, total: int = 4) -> None:
 # -- the normal life -----------------------------------------------------------------------
 def test_normal_life_updates_in_order():
     b, tid = board(), new_id()
-    per_event = [b.apply(e) for e in life(tid)]
+    per_event = [apply(b, e).updates for e in life(tid)]
 
     # task-sent: nothing for the task room, one job_update for the operators.
     assert [(u.event, u.room) for u in per_event[0]] == [(JOB_UPDATE, ADMIN_ROOM)]
@@ -138,7 +148,7 @@ def test_normal_life_updates_in_order():
 def test_progress_snapshot_fields_follow_the_contract():
     b, tid = board(), new_id()
     apply_all(b, [sent(tid), received(tid), started(tid)])
-    ups = b.apply(progress(tid, 2, 4, ts=110.0))
+    ups = apply(b, progress(tid, 2, 4, ts=110.0)).updates
     payload = ups[0].payload
     assert set(payloads.SNAPSHOT_FIELDS) <= set(payload)
     assert payload["task_id"] == tid
@@ -160,7 +170,7 @@ def test_progress_snapshot_fields_follow_the_contract():
 def test_progress_without_caption_has_no_last_caption():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=0)
-    ups = b.apply(progress(tid, 1, 4, caption=False, step="Could not read img1.png", failed=1))
+    ups = apply(b, progress(tid, 1, 4, caption=False, step="Could not read img1.png", failed=1)).updates
     assert "last_caption" not in ups[0].payload
     assert ups[0].payload["current_step"] == "Could not read img1.png"
     assert b.get(tid).failed == 1
@@ -188,10 +198,10 @@ def test_completed_payload_has_results_and_full_progress():
 def test_emitted_payloads_carry_the_event_time():
     """updated_at of a room payload is the time of the event that caused it."""
     b, tid = board(), new_id()
-    first = b.apply(progress(tid, 1, ts=150.0))  # the first event the bridge sees
+    first = apply(b, progress(tid, 1, ts=150.0)).updates  # the first event the bridge sees
     assert first[0].payload["updated_at"] == 150.0
-    assert b.apply(progress(tid, 2, ts=160.0))[0].payload["updated_at"] == 160.0
-    end = b.apply(failed(tid, ts=170.0))
+    assert apply(b, progress(tid, 2, ts=160.0)).updates[0].payload["updated_at"] == 160.0
+    end = apply(b, failed(tid, ts=170.0)).updates
     assert end[0].payload["updated_at"] == 170.0
     assert end[1].payload["job"]["updated_at"] == 170.0
     # The remembered ending agrees with the stored snapshot.
@@ -199,14 +209,14 @@ def test_emitted_payloads_carry_the_event_time():
     assert task.ending["payload"]["updated_at"] == task.snapshot()["updated_at"] == 170.0
 
     other = new_id()
-    only_end = b.apply(failed(other, ts=42.0))  # an ending seen with nothing before it
+    only_end = apply(b, failed(other, ts=42.0)).updates  # an ending seen with nothing before it
     assert only_end[0].payload["updated_at"] == 42.0
 
 
 def test_succeeded_without_results_still_completes():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.apply(event(ev.TASK_SUCCEEDED, tid, 150.0, result="'ok'", runtime=1.0))
+    ups = apply(b, event(ev.TASK_SUCCEEDED, tid, 150.0, result="'ok'", runtime=1.0)).updates
     assert ups[0].event == payloads.TASK_COMPLETED and ups[0].terminal
     assert ups[0].payload["results"] == {"count": 0, "failed": 0, "captions": [],
                                          "failed_images": []}
@@ -227,11 +237,11 @@ def test_job_updates_go_to_admin_on_every_state_change():
 
 def test_changed_tracks_tasks_for_the_store():
     b, t1, t2 = board(), new_id(), new_id()
-    b.apply(sent(t1))
-    b.apply(sent(t2))
+    apply(b, sent(t1))
+    apply(b, sent(t2))
     assert {r['snapshot']['task_id'] for r in b.take_records()} == {t1, t2}
     assert b.take_records() == []
-    b.apply(started(t1))
+    apply(b, started(t1))
     assert [r['snapshot']['task_id'] for r in b.take_records()] == [t1]
 
 
@@ -245,14 +255,14 @@ def test_changed_tracks_tasks_for_the_store():
 def test_progress_after_an_ending_is_ignored(ending, state):
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=2)
-    first = b.apply(ending(tid))
+    first = apply(b, ending(tid)).updates
     assert len(terminals(first)) == 1
     before = b.get(tid).snapshot()
     ignored = b.ignored
 
-    assert b.apply(progress(tid, 3, ts=300.0)) == []
-    assert b.apply(progress(tid, 4, ts=301.0)) == []
-    assert b.apply(started(tid, ts=302.0)) == []
+    assert apply(b, progress(tid, 3, ts=300.0)).updates == []
+    assert apply(b, progress(tid, 4, ts=301.0)).updates == []
+    assert apply(b, started(tid, ts=302.0)).updates == []
     assert b.get(tid).snapshot() == before
     assert b.get(tid).state == state
     assert b.ignored == ignored + 3
@@ -262,18 +272,18 @@ def test_progress_after_an_ending_is_ignored(ending, state):
 def test_duplicate_terminal_event_gives_no_second_ending(make):
     b, tid = board(), new_id()
     run_to_progress(b, tid)
-    assert len(terminals(b.apply(make(tid)))) == 1
-    assert b.apply(make(tid)) == []
+    assert len(terminals(apply(b, make(tid)).updates)) == 1
+    assert apply(b, make(tid)).updates == []
     # A different ending after the first is ignored too.
-    assert b.apply(failed(tid, ts=400.0)) == []
-    assert b.apply(succeeded(tid, ts=401.0)) == []
+    assert apply(b, failed(tid, ts=400.0)).updates == []
+    assert apply(b, succeeded(tid, ts=401.0)).updates == []
 
 
 def test_revoked_reports_images_done():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=3)
-    b.apply(progress(tid, 4, caption=False, failed=1, ts=120.0))
-    ups = b.apply(revoked(tid))
+    apply(b, progress(tid, 4, caption=False, failed=1, ts=120.0))
+    ups = apply(b, revoked(tid)).updates
     assert ups[0].event == payloads.TASK_CANCELLED
     assert ups[0].payload["state"] == "REVOKED"
     assert ups[0].payload["completed"] == 3  # 4 done, 1 of them failed
@@ -282,7 +292,7 @@ def test_revoked_reports_images_done():
 def test_our_cancelled_ends_revoked_with_completed():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=2, total=5)
-    ups = b.apply(our_cancelled(tid, completed=2, total=5))
+    ups = apply(b, our_cancelled(tid, completed=2, total=5)).updates
     assert [(u.event, u.terminal) for u in ups] == [
         (payloads.TASK_CANCELLED, True), (JOB_UPDATE, True)]
     assert ups[0].payload["completed"] == 2
@@ -294,20 +304,20 @@ def test_our_cancelled_ends_revoked_with_completed():
 def test_celery_own_task_cancelled_is_not_an_ending():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.apply(celery_cancelled(tid))
+    ups = apply(b, celery_cancelled(tid)).updates
     assert terminals(ups) == []
     assert [u.event for u in ups] == [JOB_UPDATE]
     assert b.get(tid).state == "PROGRESS"
     assert not b.get(tid).ended
     # The job goes on and can still end normally, once.
-    assert b.apply(progress(tid, 2))[0].event == payloads.PROGRESS_UPDATE
-    assert len(terminals(b.apply(succeeded(tid)))) == 1
+    assert apply(b, progress(tid, 2)).updates[0].event == payloads.PROGRESS_UPDATE
+    assert len(terminals(apply(b, succeeded(tid)).updates)) == 1
 
 
 def test_task_cancelled_with_non_numeric_completed_is_not_an_ending():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.apply(event(ev.TASK_CANCELLED, tid, 150.0, completed="2"))
+    ups = apply(b, event(ev.TASK_CANCELLED, tid, 150.0, completed="2")).updates
     assert terminals(ups) == []
     assert b.get(tid).state == "PROGRESS"
 
@@ -315,10 +325,10 @@ def test_task_cancelled_with_non_numeric_completed_is_not_an_ending():
 def test_rejected_with_requeue_is_not_an_ending_but_without_is():
     b, t1, t2 = board(), new_id(), new_id()
     run_to_progress(b, t1, upto=0)
-    assert terminals(b.apply(event(ev.TASK_REJECTED, t1, 150.0, requeue=True))) == []
+    assert terminals(apply(b, event(ev.TASK_REJECTED, t1, 150.0, requeue=True)).updates) == []
     assert b.get(t1).state == "STARTED"
     run_to_progress(b, t2, upto=0)
-    ups = b.apply(event(ev.TASK_REJECTED, t2, 150.0, requeue=False))
+    ups = apply(b, event(ev.TASK_REJECTED, t2, 150.0, requeue=False)).updates
     assert ups[0].event == payloads.TASK_ERROR
     assert ups[0].payload["error"]["type"] == "Rejected"
     assert b.get(t2).state == "FAILURE"
@@ -327,7 +337,7 @@ def test_rejected_with_requeue_is_not_an_ending_but_without_is():
 def test_retried_keeps_state_and_says_so():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.apply(event(ev.TASK_RETRIED, tid, 150.0, exception="OSError('disk')"))
+    ups = apply(b, event(ev.TASK_RETRIED, tid, 150.0, exception="OSError('disk')")).updates
     assert ups[0].event == payloads.PROGRESS_UPDATE
     assert ups[0].payload["state"] == "PROGRESS"
     assert ups[0].payload["current_step"] == "retrying"
@@ -336,10 +346,10 @@ def test_retried_keeps_state_and_says_so():
 # -- out of order and duplicates ---------------------------------------------------------------
 def test_received_after_started_does_not_move_back():
     b, tid = board(), new_id()
-    b.apply(sent(tid))
-    b.apply(started(tid))
+    apply(b, sent(tid))
+    apply(b, started(tid))
     assert b.get(tid).state == "STARTED"
-    ups = b.apply(received(tid))
+    ups = apply(b, received(tid)).updates
     assert task_updates(ups, tid) == []
     assert b.get(tid).state == "STARTED"
     assert b.get(tid).received_at == 101.0  # still learnt
@@ -347,37 +357,37 @@ def test_received_after_started_does_not_move_back():
 
 def test_started_after_progress_does_not_move_back():
     b, tid = board(), new_id()
-    b.apply(sent(tid))
-    b.apply(progress(tid, 1))
+    apply(b, sent(tid))
+    apply(b, progress(tid, 1))
     assert b.get(tid).state == "PROGRESS"
-    assert b.apply(started(tid)) == []
-    assert b.apply(received(tid)) == []
+    assert apply(b, started(tid)).updates == []
+    assert apply(b, received(tid)).updates == []
     assert b.get(tid).state == "PROGRESS"
 
 
 def test_stale_progress_is_ignored():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=0)
-    b.apply(progress(tid, 3))
+    apply(b, progress(tid, 3))
     before = b.get(tid).snapshot()
-    assert b.apply(progress(tid, 1)) == []
-    assert b.apply(progress(tid, 2)) == []
+    assert apply(b, progress(tid, 1)).updates == []
+    assert apply(b, progress(tid, 2)).updates == []
     assert b.get(tid).snapshot() == before
     assert b.get(tid).current == 3
 
 
 def test_duplicate_events_change_nothing():
     b, tid = board(), new_id()
-    b.apply(sent(tid))
-    assert b.apply(sent(tid)) == []
-    b.apply(received(tid))
-    assert b.apply(received(tid)) == []
-    b.apply(started(tid))
-    assert b.apply(started(tid)) == []
-    b.apply(progress(tid, 2))
+    apply(b, sent(tid))
+    assert apply(b, sent(tid)).updates == []
+    apply(b, received(tid))
+    assert apply(b, received(tid)).updates == []
+    apply(b, started(tid))
+    assert apply(b, started(tid)).updates == []
+    apply(b, progress(tid, 2))
     snap = b.get(tid).snapshot()
     # A repeated progress event never moves the task (it may re-send the same view).
-    for u in b.apply(progress(tid, 2)):
+    for u in apply(b, progress(tid, 2)).updates:
         if u.event == payloads.PROGRESS_UPDATE:
             assert {k: u.payload[k] for k in payloads.SNAPSHOT_FIELDS} == snap
     assert b.get(tid).snapshot() == snap
@@ -385,7 +395,7 @@ def test_duplicate_events_change_nothing():
 
 def test_progress_before_any_other_event_creates_the_task():
     b, tid = board(), new_id()
-    ups = b.apply(progress(tid, 1))
+    ups = apply(b, progress(tid, 1)).updates
     assert ups[0].payload["state"] == "PROGRESS"
     assert ups[0].payload["owner"] == "alice"
     assert b.get(tid).worker == HOST
@@ -393,12 +403,12 @@ def test_progress_before_any_other_event_creates_the_task():
 
 def test_timestamp_missing_uses_clock_and_updated_at_never_goes_back():
     b, tid = board(), new_id()
-    b.apply(event(ev.TASK_STARTED, tid, 500.0))
+    apply(b, event(ev.TASK_STARTED, tid, 500.0))
     p = progress(tid, 1)
     del p["timestamp"]
-    ups = b.apply(p)
+    ups = apply(b, p).updates
     assert ups[0].payload["updated_at"] == 1000.0  # the board's clock
-    ups = b.apply(progress(tid, 2, ts=10.0))  # an older stamp
+    ups = apply(b, progress(tid, 2, ts=10.0)).updates  # an older stamp
     assert ups[0].payload["updated_at"] == 1000.0
 
 
@@ -406,7 +416,7 @@ def test_timestamp_missing_uses_clock_and_updated_at_never_goes_back():
 def test_failed_gives_task_error_with_parsed_exception():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.apply(failed(tid, exc="ValueError('boom')"))
+    ups = apply(b, failed(tid, exc="ValueError('boom')")).updates
     assert [(u.event, u.terminal) for u in ups] == [(payloads.TASK_ERROR, True), (JOB_UPDATE, True)]
     payload = ups[0].payload
     assert payload["error"] == {"type": "ValueError", "message": "boom"}
@@ -418,13 +428,13 @@ def test_failed_gives_task_error_with_parsed_exception():
 
 def test_failed_without_exception_has_a_generic_error():
     b, tid = board(), new_id()
-    ups = b.apply(event(ev.TASK_FAILED, tid, 1.0))
+    ups = apply(b, event(ev.TASK_FAILED, tid, 1.0)).updates
     assert ups[0].payload["error"] == {"type": "Error", "message": "the task failed"}
 
 
 def test_long_traceback_is_trimmed():
     b, tid = board(), new_id()
-    b.apply(event(ev.TASK_FAILED, tid, 1.0, exception="ValueError('x')", traceback="x" * 5000))
+    apply(b, event(ev.TASK_FAILED, tid, 1.0, exception="ValueError('x')", traceback="x" * 5000))
     assert len(b.get(tid).outcome) == TEXT_CAP
 
 
@@ -460,63 +470,63 @@ def test_parse_exception_survives_deep_nesting():
 def test_cancel_of_a_queued_task_ends_it_at_once(setup):
     b, tid = board(), new_id()
     for make in setup:
-        b.apply(make(tid))
-    ups = b.cancel(tid, by="alice")
+        apply(b, make(tid))
+    ups = b.cancel(tid, by="alice").updates
     assert [(u.event, u.room, u.terminal) for u in ups] == [
         (payloads.TASK_CANCELLED, task_room(tid), True), (JOB_UPDATE, ADMIN_ROOM, True)]
     assert ups[0].payload["state"] == "REVOKED"
     assert ups[0].payload["completed"] == 0
     assert b.get(tid).cancel_requested
     # The worker's late events change nothing; a second cancel neither.
-    assert b.apply(started(tid)) == []
-    assert b.apply(progress(tid, 1)) == []
-    assert b.apply(our_cancelled(tid, completed=0)) == []
-    assert b.cancel(tid) == []
+    assert apply(b, started(tid)).updates == []
+    assert apply(b, progress(tid, 1)).updates == []
+    assert apply(b, our_cancelled(tid, completed=0)).updates == []
+    assert b.cancel(tid).updates == []
 
 
 def test_cancel_of_a_running_task_shows_cancelling_until_its_ending():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.cancel(tid)
+    ups = b.cancel(tid).updates
     assert [(u.event, u.terminal) for u in ups] == [
         (payloads.PROGRESS_UPDATE, False), (JOB_UPDATE, False)]
     assert ups[0].payload["state"] == "CANCELLING"
     assert ups[1].payload["job"]["state"] == "CANCELLING"
 
-    later = b.apply(progress(tid, 2))
+    later = apply(b, progress(tid, 2)).updates
     assert later[0].event == payloads.PROGRESS_UPDATE
     assert later[0].payload["state"] == "CANCELLING"
     assert later[0].payload["current"] == 2
 
-    end = b.apply(our_cancelled(tid, completed=2))
+    end = apply(b, our_cancelled(tid, completed=2)).updates
     assert [(u.event, u.terminal) for u in end] == [
         (payloads.TASK_CANCELLED, True), (JOB_UPDATE, True)]
     assert end[0].payload["state"] == "REVOKED"
     assert end[0].payload["completed"] == 2
-    assert b.apply(progress(tid, 3)) == []
+    assert apply(b, progress(tid, 3)).updates == []
 
 
 def test_cancel_of_a_started_task_is_not_immediate():
     b, tid = board(), new_id()
     apply_all(b, [sent(tid), received(tid), started(tid)])
-    ups = b.cancel(tid)
+    ups = b.cancel(tid).updates
     assert terminals(ups) == []
     assert b.get(tid).state == "CANCELLING"
 
 
 def test_cancel_of_an_unknown_task_shows_cancelling():
     b, tid = board(), new_id()
-    ups = b.cancel(tid)
+    ups = b.cancel(tid).updates
     assert terminals(ups) == []
     assert ups[0].event == payloads.PROGRESS_UPDATE
     assert ups[0].payload["state"] == "CANCELLING"
     assert ups[0].payload["updated_at"] == 1000.0
     # Late Celery events do not move it back to RECEIVED or STARTED.
-    assert task_updates(b.apply(received(tid)), tid) == []
+    assert task_updates(apply(b, received(tid)).updates, tid) == []
     assert b.get(tid).state == "CANCELLING"
-    assert task_updates(b.apply(started(tid)), tid) == []
+    assert task_updates(apply(b, started(tid)).updates, tid) == []
     assert b.get(tid).state == "CANCELLING"
-    end = b.apply(revoked(tid))
+    end = apply(b, revoked(tid)).updates
     assert len(terminals(end)) == 1
 
 
@@ -524,7 +534,7 @@ def test_cancel_of_an_ended_task_does_nothing():
     b, tid = board(), new_id()
     apply_all(b, life(tid))
     snap = b.get(tid).snapshot()
-    assert b.cancel(tid) == []
+    assert b.cancel(tid).updates == []
     assert b.get(tid).snapshot() == snap
     assert not b.get(tid).cancel_requested
 
@@ -533,7 +543,7 @@ def test_terminated_ends_revoked_with_terminated_flag():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=2)
     b.cancel(tid)
-    ups = b.terminated(tid)
+    ups = b.terminated(tid).updates
     assert [(u.event, u.terminal) for u in ups] == [
         (payloads.TASK_CANCELLED, True), (JOB_UPDATE, True)]
     assert ups[0].payload["state"] == "REVOKED"
@@ -541,21 +551,21 @@ def test_terminated_ends_revoked_with_terminated_flag():
     assert ups[0].payload["completed"] == 2
     assert ups[1].payload["job"]["terminated"] is True
     # Celery's task-revoked(terminated=True) that follows is ignored: one ending.
-    assert b.apply(revoked(tid, ts=300.0)) == []
-    assert b.terminated(tid) == []
+    assert apply(b, revoked(tid, ts=300.0)).updates == []
+    assert b.terminated(tid).updates == []
 
 
 def test_terminated_of_unknown_or_ended_task_does_nothing():
     b, tid = board(), new_id()
-    assert b.terminated(new_id()) == []
+    assert b.terminated(new_id()).updates == []
     apply_all(b, life(tid))
-    assert b.terminated(tid) == []
+    assert b.terminated(tid).updates == []
 
 
 def test_revoked_with_terminated_field_marks_it():
     b, tid = board(), new_id()
     run_to_progress(b, tid)
-    ups = b.apply(revoked(tid) | {"terminated": True})
+    ups = apply(b, revoked(tid) | {"terminated": True}).updates
     assert ups[0].payload["terminated"] is True
 
 
@@ -564,44 +574,41 @@ def test_board_never_holds_more_than_max_tasks():
     b = board(max_tasks=5)
     ids = [new_id() for _ in range(40)]
     for i, tid in enumerate(ids):
-        b.apply(sent(tid))
+        apply(b, sent(tid))
         if i % 3 == 0:
-            b.apply(succeeded(tid))
+            apply(b, succeeded(tid))
         assert len(b) <= 5
     assert len(b) == 5
-    assert b.evicted == 35
 
 
 def test_ended_tasks_are_evicted_before_open_ones():
     b = board(max_tasks=3)
     a, c, d, e = (new_id() for _ in range(4))
-    b.apply(sent(a))
-    b.apply(sent(c))
-    b.apply(sent(d))
-    b.apply(succeeded(c))  # c ended; a is the oldest open one
-    b.apply(sent(e))
+    apply(b, sent(a))
+    apply(b, sent(c))
+    apply(b, sent(d))
+    apply(b, succeeded(c))  # c ended; a is the oldest open one
+    apply(b, sent(e))
     assert b.get(c) is None  # the ended one went, not the older open one
     assert b.get(a) is not None and b.get(d) is not None and b.get(e) is not None
-    assert b.evicted == 1
 
 
 def test_open_tasks_are_evicted_least_recently_used_first():
     b = board(max_tasks=3)
     a, c, d, e = (new_id() for _ in range(4))
     for tid in (a, c, d):
-        b.apply(sent(tid))
-    b.apply(started(a))  # a is touched: c is now the least recently used
-    b.apply(sent(e))
+        apply(b, sent(tid))
+    apply(b, started(a))  # a is touched: c is now the least recently used
+    apply(b, sent(e))
     assert b.get(c) is None
     assert {t.task_id for t in b.tasks()} == {a, d, e}
-    assert b.evicted == 1
 
 
 def test_evicted_tasks_are_forgotten_by_take_records():
     b = board(max_tasks=2)
     ids = [new_id() for _ in range(4)]
     for tid in ids:
-        b.apply(sent(tid))
+        apply(b, sent(tid))
     changed = {r['snapshot']['task_id'] for r in b.take_records()}
     assert changed == set(ids[-2:])
 
@@ -634,13 +641,13 @@ def test_load_restores_tasks_and_keeps_endings():
     assert [t.task_id for t in dst.open_tasks()] == [running]
 
     # An ended task stays ended: later events are ignored.
-    assert dst.apply(progress(done, 5, total=5)) == []
-    assert dst.apply(failed(done)) == []
+    assert apply(dst, progress(done, 5, total=5)).updates == []
+    assert apply(dst, failed(done)).updates == []
     assert dst.get(done).state == "SUCCESS"
     # A restored open task goes on, still CANCELLING, and ends once.
-    assert dst.apply(progress(running, 3))[0].payload["state"] == "CANCELLING"
-    assert dst.apply(progress(running, 1)) == []  # stale against the restored count
-    assert len(terminals(dst.apply(our_cancelled(running, completed=3)))) == 1
+    assert apply(dst, progress(running, 3)).updates[0].payload["state"] == "CANCELLING"
+    assert apply(dst, progress(running, 1)).updates == []  # stale against the restored count
+    assert len(terminals(apply(dst, our_cancelled(running, completed=3)).updates)) == 1
 
 
 def test_load_round_trips_records_and_respects_the_bound():
@@ -656,7 +663,6 @@ def test_load_round_trips_records_and_respects_the_bound():
     dst.load(reversed(records))  # load sorts by updated_at: the newest survive
     assert len(dst) == 3
     assert {t.task_id for t in dst.tasks()} == set(ids[-3:])
-    assert dst.evicted == 3
 
 
 # -- malformed events ------------------------------------------------------------------------
@@ -675,7 +681,7 @@ MALFORMED = [
 @pytest.mark.parametrize("bad", MALFORMED, ids=repr)
 def test_malformed_events_are_ignored(bad):
     b = board()
-    assert b.apply(bad) == []
+    assert apply(b, bad).updates == []
     assert len(b) == 0
     assert b.ignored == 1
 
@@ -697,7 +703,7 @@ def test_malformed_progress_changes_nothing(fields):
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=2)
     before = b.get(tid).snapshot()
-    assert b.apply(event(ev.TASK_PROGRESS, tid, 150.0, **fields)) == []
+    assert apply(b, event(ev.TASK_PROGRESS, tid, 150.0, **fields)).updates == []
     assert b.get(tid).snapshot() == before
 
 
@@ -709,7 +715,7 @@ def test_malformed_progress_changes_nothing(fields):
 def test_odd_optional_progress_fields_do_not_break_progress(fields):
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.apply(progress(tid, 2) | fields)
+    ups = apply(b, progress(tid, 2) | fields).updates
     payload = ups[0].payload
     assert payload["current"] == 2 and payload["state"] == "PROGRESS"
     eta = payload["estimated_completion"]
@@ -723,7 +729,7 @@ def test_odd_optional_progress_fields_do_not_break_progress(fields):
 @pytest.mark.parametrize("ts", [float("nan"), float("inf"), "yesterday", None, -1e300, 10 ** 400])
 def test_odd_timestamps_do_not_break_apply(ts):
     b, tid = board(), new_id()
-    ups = b.apply(event(ev.TASK_STARTED, tid, ts))
+    ups = apply(b, event(ev.TASK_STARTED, tid, ts)).updates
     assert ups[0].payload["state"] == "STARTED"
     assert b.get(tid).state == "STARTED"
 
@@ -731,8 +737,8 @@ def test_odd_timestamps_do_not_break_apply(ts):
 def test_malformed_succeeded_results_still_end_once():
     b, tid = board(), new_id()
     run_to_progress(b, tid, upto=1)
-    ups = b.apply(event(ev.TASK_SUCCEEDED, tid, 150.0,
-                        results={"count": 1, "failed": float("nan"), "total": 10 ** 400}))
+    ups = apply(b, event(ev.TASK_SUCCEEDED, tid, 150.0,
+                        results={"count": 1, "failed": float("nan"), "total": 10 ** 400})).updates
     assert len(terminals(ups)) == 1
     assert b.get(tid).state == "SUCCESS"
 
@@ -762,13 +768,13 @@ def check_one_ending(b: Board, tid: str, ops: list[str]) -> None:
     ends = 0
     for op in ops:
         if op == "cancel":
-            ups = b.cancel(tid)
+            ups = b.cancel(tid).updates
         elif op == "terminate":
-            ups = b.terminated(tid)
+            ups = b.terminated(tid).updates
         elif op in ENDING_MAKERS:
-            ups = b.apply(ENDING_MAKERS[op](tid))
+            ups = apply(b, ENDING_MAKERS[op](tid)).updates
         else:
-            ups = b.apply(NON_ENDING_MAKERS[op](tid))
+            ups = apply(b, NON_ENDING_MAKERS[op](tid)).updates
         if seen_end:
             assert ups == [], f"update after the ending: {op} -> {ups}"
         mine = [u for u in ups if u.task_id == tid]
@@ -849,7 +855,7 @@ def test_interleaved_tasks_are_independent():
 def test_malformed_event_for_unknown_task_leaves_no_phantom():
     b = board()
     tid = new_id()
-    assert b.apply(event(ev.TASK_PROGRESS, tid, 100.0, current="3", total=4)) == []
+    assert apply(b, event(ev.TASK_PROGRESS, tid, 100.0, current="3", total=4)).updates == []
     assert b.get(tid) is None and len(b) == 0
 
 
@@ -857,21 +863,21 @@ def test_negative_completed_is_not_an_ending():
     b = board()
     tid = new_id()
     run_to_progress(b, tid)
-    assert b.apply(our_cancelled(tid, completed=-1)) == []
+    assert apply(b, our_cancelled(tid, completed=-1)).updates == []
     assert b.get(tid).state == "PROGRESS"
 
 
 def test_track_fills_in_what_events_did_not_say():
     b = board()
     tid = new_id()
-    ups = b.track(tid, job_id=5, owner="ann", total=9)
+    ups = b.track(tid, job_id=5, owner="ann", total=9).updates
     assert [u.event for u in ups] == [JOB_UPDATE]
     snap = b.get(tid).snapshot()
     assert (snap["job_id"], snap["owner"], snap["total"], snap["state"]) == (5, "ann", 9, "PENDING")
-    assert b.track(tid, job_id=5, owner="ann", total=9) == []  # nothing new
+    assert b.track(tid, job_id=5, owner="ann", total=9).updates == []  # nothing new
     # Events keep their own values; tracking never overrides them.
     apply_all(b, [started(tid), progress(tid, 1, total=9, owner="ann", job_id=5)])
-    assert b.track(tid, job_id=6, owner="bob", total=3) == []
+    assert b.track(tid, job_id=6, owner="bob", total=3).updates == []
     assert b.get(tid).owner == "ann" and b.get(tid).total == 9
 
 
@@ -885,6 +891,126 @@ def test_ended_tasks_are_compacted_once_recorded_and_never_rewritten():
     assert task.compacted and task.ending is None and task.args is None
     assert task.snapshot()["state"] == "SUCCESS"
     # Nothing can make it write a record without its ending over the stored one.
-    assert b.track(tid, job_id=1, owner="x", total=4) == []
-    assert b.cancel(tid) == [] and b.apply(progress(tid, 4)) == []
+    assert b.track(tid, job_id=1, owner="x", total=4).updates == []
+    assert b.cancel(tid).updates == [] and apply(b, progress(tid, 4)).updates == []
     assert b.take_records() == []
+
+
+# -- numbers and fields from any worker -------------------------------------------------------
+HUGE = 10 ** 30
+
+
+def test_huge_numbers_are_clamped_so_every_record_and_payload_encodes():
+    """A worker event with 10**30 in every numeric field (orjson cannot encode an int past
+    64 bits; the store write used to raise and the bridge stepped down)."""
+    import orjson
+
+    from bridge.task import MAX_INT
+
+    b, tid = board(), new_id()
+    out = apply_all(b, [
+        event(ev.TASK_SENT, tid, HUGE, name=ev.CAPTION_TASK_NAME, args=f"({HUGE},)"),
+        event(ev.TASK_RECEIVED, tid, 101.0, hostname=HUGE),
+        event(ev.TASK_STARTED, tid, 102.0, hostname=HUGE),
+        event(ev.TASK_PROGRESS, tid, 103.0, current=HUGE, total=HUGE, failed=HUGE, eta=HUGE,
+              job_id=HUGE, owner=HUGE, caption=HUGE, image=HUGE, step=HUGE),
+        event(ev.TASK_PROGRESS, tid, 104.0, current=float(HUGE), total=-HUGE, failed=-1)])
+    out += b.apply(event(ev.TASK_SUCCEEDED, tid, 200.0, runtime=HUGE, result=HUGE),
+                   {"count": HUGE, "failed": HUGE, "total": HUGE,
+                    "captions": [{"image": "a", "caption": "b"}, {"image": HUGE, "caption": 1}]}).updates
+    other = new_id()
+    out += apply_all(b, [event(ev.TASK_CANCELLED, other, 1.0, completed=HUGE, total=HUGE)])
+    for update in out:
+        orjson.dumps(update.payload)
+    for record in b.take_records():
+        orjson.dumps(record)
+    snap = b.get(tid).snapshot()
+    assert snap["job_id"] is None  # an id out of range names nothing
+    assert snap["current"] == snap["total"] == MAX_INT
+    ending = terminals(out, tid)[0].payload
+    assert ending["results"] == {"count": MAX_INT, "failed": MAX_INT,
+                                 "captions": [{"image": "a", "caption": "b"}]}
+    assert terminals(out, other)[0].payload["completed"] == MAX_INT
+
+
+def test_an_events_own_results_are_ignored():
+    """A task-succeeded's results come from the result backend, never from the event."""
+    b, tid = board(), new_id()
+    run_to_progress(b, tid, upto=1)
+    forged = event(ev.TASK_SUCCEEDED, tid, 150.0, result="x",
+                   results={"count": 9, "failed": 0, "captions": [{"image": "x", "caption": "pwned"}]})
+    [end, _job] = b.apply(forged).updates
+    assert end.payload["results"]["captions"] == []
+
+
+def test_results_only_end_a_caption_job():
+    b, tid = board(), new_id()
+    apply(b, event(ev.TASK_RECEIVED, tid, 1.0, name="reports.build"))
+    [end, _job] = b.apply(event(ev.TASK_SUCCEEDED, tid, 2.0, result="'ok'"),
+                          {"count": 1, "failed": 0, "captions": [{"image": "a", "caption": "b"}]}).updates
+    assert end.payload["results"]["captions"] == [] and b.get(tid).outcome == "'ok'"
+
+
+def test_stored_records_with_odd_values_load_safely():
+    b = board()
+    b.load([{"snapshot": {"task_id": "t1", "state": "NONSENSE", "current": HUGE, "job_id": HUGE,
+                          "updated_at": "x", "owner": 5},
+             "detail": {"name": 7, "failed": HUGE, "runtime": "long"}}])
+    task = b.get("t1")
+    assert (task.state, task.job_id, task.owner, task.name, task.runtime) == ("PENDING", None, None, None, None)
+    assert task.current == task.failed == 2 ** 53 - 1
+
+
+# -- transitions: what the operator view counts ----------------------------------------------------
+def test_transitions_follow_each_bucket_change():
+    b, tid = board(), new_id()
+    assert [(t.before, t.after) for t in b.apply(started(tid)).transitions] == [
+        (None, ("STARTED", None))]
+    assert [(t.before, t.after) for t in apply(b, received(tid)).transitions] == [
+        (("STARTED", None), ("STARTED", ev.CAPTION_TASK_NAME))]  # only the name was learnt
+    assert apply(b, progress(tid, 1)).transitions[0].after == ("PROGRESS", ev.CAPTION_TASK_NAME)
+    assert apply(b, progress(tid, 2)).transitions == []  # same bucket: nothing to count
+    [end] = apply(b, succeeded(tid)).transitions
+    assert (end.after, end.runtime, end.source) == (("SUCCESS", ev.CAPTION_TASK_NAME), 12.5, "event")
+    assert apply(b, failed(tid)).transitions == []  # ignored: never counted twice
+
+
+def test_a_failure_transition_has_its_runtime_from_started():
+    b, tid = board(), new_id()
+    apply(b, started(tid, ts=100.0))
+    [end] = apply(b, failed(tid, ts=104.5)).transitions
+    assert end.runtime == 4.5
+
+
+def test_evicting_an_open_task_is_a_transition_out():
+    b = board(max_tasks=2)
+    ids = [new_id() for _ in range(3)]
+    moves = [t for tid in ids for t in apply(b, sent(tid)).transitions]
+    assert [(t.task_id, t.before, t.after) for t in moves if t.after is None] == [
+        (ids[0], ("PENDING", ev.CAPTION_TASK_NAME), None)]
+
+
+def test_cancel_terminate_track_and_load_transitions():
+    b, queued, running = board(), new_id(), new_id()
+    apply(b, sent(queued))
+    run_to_progress(b, running, upto=1)
+    [t] = b.cancel(queued).transitions
+    assert (t.before[0], t.after[0], t.source) == ("PENDING", "REVOKED", "bridge")
+    [t] = b.cancel(running).transitions
+    assert (t.before[0], t.after[0]) == ("PROGRESS", "CANCELLING")
+    [t] = b.terminated(running).transitions
+    assert t.after[0] == "REVOKED"
+    tracked = new_id()
+    [t] = b.track(tracked, job_id=3, owner="ann", total=2).transitions
+    assert (t.before, t.after) == (None, ("PENDING", ev.CAPTION_TASK_NAME))
+    restored = board()
+    moves = restored.load([task.record() for task in b.tasks()])
+    assert [(t.task_id, t.before, t.after, t.source) for t in moves] == [
+        (tracked, None, ("PENDING", ev.CAPTION_TASK_NAME), "store")]  # only the open one
+
+
+def test_cancel_of_a_task_the_backend_says_started_waits_for_its_ending():
+    b, tid = board(), new_id()
+    b.track(tid, job_id=7, owner="alice", total=4)  # PENDING as far as the bridge saw
+    ups = b.cancel(tid, started=True).updates
+    assert terminals(ups) == [] and b.get(tid).state == "CANCELLING"

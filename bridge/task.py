@@ -1,0 +1,214 @@
+"""One task as the bridge knows it, and how event fields become its values. No I/O.
+
+Event fields come from any worker (or any application on the same broker), so
+every value is checked on the way in: numbers must be finite and are clamped
+into JSON's safe integer range (a ``10**30`` in an event must not reach a
+stored record or an emitted payload, which orjson cannot encode), texts are
+trimmed, anything of the wrong type is ignored.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import re
+import sys
+from typing import Any
+
+import protocol
+
+TEXT_CAP = 300   # longest args / result / exception text kept per task
+NAME_CAP = 200   # longest task name or owner kept
+HOST_CAP = 255   # longest worker hostname kept
+MAX_INT = 2**53 - 1  # beyond this a JSON number loses precision in JavaScript
+_EXC_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.DOTALL)
+_FIRST_INT_RE = re.compile(r"\s*[(\[]\s*(\d+)\s*[,)\]]")
+_PLAIN_STR_RE = re.compile(r"^(['\"])([^'\"\\]*)\1$")  # a quoted text without escapes or quotes
+
+
+def as_number(value: Any, default: float | None = None) -> float | None:
+    """A finite number from an event field, else ``default`` (bools, text, NaN, huge ints)."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            return default
+        return number if math.isfinite(number) else default  # NaN/Infinity: JSON allows them
+    return default
+
+
+def as_count(value: Any, default: int | None = None) -> int | None:
+    """A count (0..MAX_INT) from an event field: clamped into range, ``default`` if not a number."""
+    number = as_number(value)
+    if number is None:
+        return default
+    return int(min(max(number, 0.0), MAX_INT))
+
+
+def as_id(value: Any) -> int | None:
+    """An integer id (1..MAX_INT), else None: an id out of range names nothing."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT:
+        return value
+    return None
+
+
+def as_text(value: Any, cap: int = NAME_CAP) -> str | None:
+    """A non-empty string, trimmed to ``cap`` characters; None for anything else."""
+    return value[:cap] if isinstance(value, str) and value else None
+
+
+def trim(text: Any, keep_end: bool = False) -> str | None:
+    """At most ``TEXT_CAP`` characters: the start, or the end (a traceback's useful part)."""
+    if text is None:
+        return None
+    text = str(text)
+    if len(text) <= TEXT_CAP:
+        return text
+    return "\u2026" + text[1 - TEXT_CAP:] if keep_end else text[: TEXT_CAP - 1] + "\u2026"
+
+
+def parse_exception(text: str | None) -> tuple[str, str]:
+    """``"ValueError('bad')"`` -> ``("ValueError", "bad")``."""
+    if not text:
+        return "Error", "the task failed"
+    match = _EXC_RE.match(text)
+    if not match:
+        return "Error", text
+    type_, inner = match.group(1), match.group(2)
+    plain = _PLAIN_STR_RE.match(inner)
+    if plain:  # the common case, without ast.literal_eval's garbage (see first_int_arg)
+        return type_.rsplit(".", 1)[-1], plain.group(2)
+    try:
+        value = ast.literal_eval(inner) if inner else ""
+        message = value if isinstance(value, str) else ", ".join(map(str, value)) \
+            if isinstance(value, tuple) else str(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        message = inner
+    return type_.rsplit(".", 1)[-1], message
+
+
+def first_int_arg(args: Any) -> int | None:
+    """The job id of a caption job: its first positional argument, from a list or from
+    Celery's repr of the arguments (``"(7,)"``, ``"[7]"``). A regular expression, not
+    ``ast.literal_eval``: that leaves a cycle of closures behind per call, garbage the
+    bridge's frozen-GC policy would keep for a quarter of an hour (bench/rss.py)."""
+    if isinstance(args, (list, tuple)) and args:
+        return as_id(args[0])
+    if isinstance(args, str):
+        match = _FIRST_INT_RE.match(args)
+        return as_id(int(match.group(1))) if match and len(match.group(1)) <= 20 else None
+    return None
+
+
+def caption_results(value: Any) -> dict | None:
+    """A caption job's return value as an ending carries it (checked), else None."""
+    if not isinstance(value, dict) or not isinstance(value.get("captions"), list):
+        return None
+    captions = [{"image": c["image"], "caption": c["caption"]} for c in value["captions"]
+                if isinstance(c, dict) and isinstance(c.get("image"), str)
+                and isinstance(c.get("caption"), str)]
+    out = {"count": as_count(value.get("count"), 0), "failed": as_count(value.get("failed"), 0),
+           "captions": captions}
+    total = as_count(value.get("total"))
+    if total is not None:
+        out["total"] = total
+    return out
+
+
+class Task:
+    """What the bridge knows of one task (slots: memory per task is measured)."""
+
+    __slots__ = ("task_id", "name", "state", "job_id", "owner", "current", "total", "failed",
+                 "step", "eta", "updated_at", "worker", "received_at", "started_at",
+                 "runtime", "args", "outcome", "cancel_requested", "terminated", "ending",
+                 "compacted")
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.name: str | None = None
+        self.state = "PENDING"
+        self.job_id: int | None = None
+        self.owner: str | None = None
+        self.current = 0
+        self.total = 0
+        self.failed = 0
+        self.step = ""
+        self.eta: float | None = None
+        self.updated_at = 0.0
+        self.worker: str | None = None
+        self.received_at: float | None = None
+        self.started_at: float | None = None
+        self.runtime: float | None = None
+        self.args: str | None = None
+        self.outcome: str | None = None  # result or traceback text, trimmed
+        self.cancel_requested = False
+        self.terminated = False
+        self.ending: dict | None = None  # {"event", "payload"} once ended
+        self.compacted = False  # ended, stored, and its bulky parts dropped
+
+    @property
+    def ended(self) -> bool:
+        return self.state in protocol.TERMINAL_STATES
+
+    @property
+    def bucket(self) -> tuple[str, str | None]:
+        """(state, name): what the operator view counts it under."""
+        return self.state, self.name
+
+    def compact(self) -> None:
+        """Forget what only the store needs (an ended task is never written again)."""
+        self.ending = self.args = self.outcome = None
+        self.step = sys.intern(self.step)
+        self.compacted = True
+
+    def snapshot(self) -> dict:
+        return protocol.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
+                                 state=self.state, current=self.current, total=self.total,
+                                 current_step=self.step, estimated_completion=self.eta,
+                                 updated_at=self.updated_at)
+
+    def row(self) -> dict:
+        """The operator view's row (``job_update``'s ``job``)."""
+        return protocol.admin_row(self.snapshot(), name=self.name, worker=self.worker,
+                                  runtime=self.runtime, terminated=self.terminated)
+
+    def detail(self) -> dict:
+        """Admin fields beyond the snapshot."""
+        return {"name": self.name, "worker": self.worker, "runtime": self.runtime,
+                "received_at": self.received_at, "started_at": self.started_at,
+                "args": self.args, "outcome": self.outcome, "failed": self.failed,
+                "cancel_requested": self.cancel_requested, "terminated": self.terminated}
+
+    def record(self) -> dict:
+        """What the store keeps for this task."""
+        return {"snapshot": self.snapshot(), "ending": self.ending, "detail": self.detail()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Task:
+        """A task from its stored record (values checked as an event's are)."""
+        snap = record["snapshot"]
+        task = cls(snap["task_id"])
+        state = snap.get("state")
+        task.state = state if state in protocol.STATES else "PENDING"
+        task.job_id = as_id(snap.get("job_id"))
+        task.owner = as_text(snap.get("owner"))
+        task.current = as_count(snap.get("current"), 0)
+        task.total = as_count(snap.get("total"), 0)
+        task.step = as_text(snap.get("current_step"), TEXT_CAP) or ""
+        task.eta = as_number(snap.get("estimated_completion"))
+        task.updated_at = as_number(snap.get("updated_at"), 0.0)
+        detail = record.get("detail") or {}
+        task.name = as_text(detail.get("name"))
+        task.worker = as_text(detail.get("worker"), HOST_CAP)
+        task.args = as_text(detail.get("args"), TEXT_CAP)
+        task.outcome = as_text(detail.get("outcome"), TEXT_CAP)
+        for key in ("runtime", "received_at", "started_at"):
+            setattr(task, key, as_number(detail.get(key)))
+        task.failed = as_count(detail.get("failed"), 0)
+        task.cancel_requested = bool(detail.get("cancel_requested"))
+        task.terminated = bool(detail.get("terminated"))
+        task.ending = record.get("ending") if isinstance(record.get("ending"), dict) else None
+        if task.ended:
+            task.compact()  # the store already holds its final record
+        return task
