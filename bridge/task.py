@@ -19,6 +19,7 @@ import protocol
 TEXT_CAP = 300   # longest args / result / exception text kept per task
 NAME_CAP = 200   # longest task name or owner kept
 HOST_CAP = 255   # longest worker hostname kept
+ERROR_CAP = 1200  # longest error message kept (an image's or a task's)
 MAX_INT = 2**53 - 1  # beyond this a JSON number loses precision in JavaScript
 _EXC_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.DOTALL)
 _FIRST_INT_RE = re.compile(r"\s*[(\[]\s*(\d+)\s*[,)\]]")
@@ -108,8 +109,12 @@ def caption_results(value: Any) -> dict | None:
     captions = [{"image": c["image"], "caption": c["caption"]} for c in value["captions"]
                 if isinstance(c, dict) and isinstance(c.get("image"), str)
                 and isinstance(c.get("caption"), str)]
+    failed_images = value.get("failed_images")
+    failures = [{"image": f["image"], "error": as_text(f.get("error"), ERROR_CAP) or ""}
+                for f in (failed_images if isinstance(failed_images, list) else [])
+                if isinstance(f, dict) and isinstance(f.get("image"), str)]
     out = {"count": as_count(value.get("count"), 0), "failed": as_count(value.get("failed"), 0),
-           "captions": captions}
+           "captions": captions, "failed_images": failures}
     total = as_count(value.get("total"))
     if total is not None:
         out["total"] = total
@@ -166,7 +171,7 @@ class Task:
         return protocol.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
                                  state=self.state, current=self.current, total=self.total,
                                  current_step=self.step, estimated_completion=self.eta,
-                                 updated_at=self.updated_at)
+                                 updated_at=self.updated_at, failed=self.failed)
 
     def row(self) -> dict:
         """The operator view's row (``job_update``'s ``job``)."""

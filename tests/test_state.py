@@ -389,7 +389,7 @@ def test_duplicate_events_change_nothing():
     # A repeated progress event never moves the task (it may re-send the same view).
     for u in apply(b, progress(tid, 2)).updates:
         if u.event == payloads.PROGRESS_UPDATE:
-            assert {k: u.payload[k] for k in payloads.SNAPSHOT_FIELDS} == snap
+            assert {k: u.payload[k] for k in snap} == snap
     assert b.get(tid).snapshot() == snap
 
 
@@ -929,7 +929,7 @@ def test_huge_numbers_are_clamped_so_every_record_and_payload_encodes():
     assert snap["current"] == snap["total"] == MAX_INT
     ending = terminals(out, tid)[0].payload
     assert ending["results"] == {"count": MAX_INT, "failed": MAX_INT,
-                                 "captions": [{"image": "a", "caption": "b"}]}
+                                 "captions": [{"image": "a", "caption": "b"}], "failed_images": []}
     assert terminals(out, other)[0].payload["completed"] == MAX_INT
 
 
@@ -1014,3 +1014,19 @@ def test_cancel_of_a_task_the_backend_says_started_waits_for_its_ending():
     b.track(tid, job_id=7, owner="alice", total=4)  # PENDING as far as the bridge saw
     ups = b.cancel(tid, started=True).updates
     assert terminals(ups) == [] and b.get(tid).state == "CANCELLING"
+
+
+def test_snapshots_carry_the_failed_count():
+    b, tid = board(), new_id()
+    ups = apply(b, progress(tid, 1, 4, caption=False, step="Could not read img1.png", failed=1)).updates
+    assert [u.payload["failed"] for u in ups if u.event == payloads.PROGRESS_UPDATE] == [1]
+
+
+def test_an_ending_carries_the_jobs_failed_images_checked():
+    b, tid = board(), new_id()
+    run_to_progress(b, tid, upto=1)
+    ups = b.apply(event(ev.TASK_SUCCEEDED, tid, 200.0), {
+        "count": 1, "failed": 2, "captions": [],
+        "failed_images": [{"image": "a.png", "error": "x" * 5000}, {"image": 7}, "junk"]}).updates
+    failures = terminals(ups, tid)[0].payload["results"]["failed_images"]
+    assert [f["image"] for f in failures] == ["a.png"] and len(failures[0]["error"]) <= 1200
