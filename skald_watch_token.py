@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 
 __all__ = ["CANCEL", "WATCH", "derive_secret", "expires_of", "mint", "verify"]
@@ -46,13 +47,14 @@ def derive_secret(secret_key: str) -> str:
 def mint(task_id: str, secret: str, minutes: float = DEFAULT_MINUTES, cancel: bool = False,
          now: float | None = None) -> str:
     """A token for ``task_id`` valid for ``minutes`` (default 60) from ``now`` (default:
-    the current time); ``cancel=True`` also allows cancelling the task."""
+    the current time); ``cancel=True`` also allows cancelling the task. (``minutes``
+    of 0 or less gives a token that has already expired: handy in tests.)"""
     if not task_id or not isinstance(task_id, str):
         raise ValueError("task_id must be a non-empty string")
     if not secret:
         raise ValueError("the watch secret is empty")
-    if not minutes > 0:
-        raise ValueError("minutes must be positive")
+    if not math.isfinite(minutes):
+        raise ValueError("minutes must be a finite number")
     expires = int((time.time() if now is None else now) + minutes * 60)
     return f"{expires}.{_sign(secret, task_id, expires, cancel)}"
 
