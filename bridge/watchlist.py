@@ -5,16 +5,17 @@ does, with ``self.update_state(state="PROGRESS", meta={"current", "total",
 "description", ...})``: that writes the result backend and sends no event. So
 the bridge reads the backend for such tasks, but only for tasks someone
 watches (the web process sends a ``track`` command without a job id when a
-watcher joins a task of any application), only while they are open, and only
-until the task sends a ``task-progress`` event of its own (then events carry
-its progress, milliseconds after it happens). All of them are read together,
-one ``MGET`` every ``PROGRESS_POLL_SECONDS`` (0.5 s: celery-progress's own
-client polls every 500 ms, so such a task is shown no later than there, and
-one read serves every watcher of every watched task).
+watcher joins a task of any application), and only while they are open. All
+of them are read together, one ``MGET`` every ``PROGRESS_POLL_SECONDS`` (0.5 s:
+celery-progress's own client polls every 500 ms, so such a task is shown no
+later than there, and one read serves every watcher of every watched task).
+Once a task sends a ``task-progress`` event of its own, events carry its
+progress (milliseconds after it happens) and the poll only looks for its
+ending (a worker without ``-E`` sends no ``task-succeeded``).
 
 Bounded: at most :data:`CAP` tasks (the oldest watch goes first), a watch lasts
-:data:`TTL` seconds after its last request, and a task that ends, is evicted
-from the board or sends events is forgotten.
+:data:`TTL` seconds after its last request, and a task that ends or is evicted
+from the board is forgotten.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class Watchlist:
         self.ttl = ttl
         self._until: OrderedDict[str, float] = OrderedDict()  # task id -> watch expiry
         self._seen: dict[str, bytes] = {}                     # task id -> last meta polled
+        self._evented: set[str] = set()                       # ids that sent task-progress
         self.next_poll = 0.0
 
     def __len__(self) -> int:
@@ -60,17 +62,17 @@ class Watchlist:
         self._until[task_id] = now + self.ttl
         self._until.move_to_end(task_id)
         while len(self._until) > self.cap:
-            oldest, _ = self._until.popitem(last=False)
-            self._seen.pop(oldest, None)
+            self.forget(next(iter(self._until)))
 
     def heard(self, event: dict) -> None:
-        """An event came: a task that sends its own progress needs no polling."""
+        """An event came: a task that sends its own progress is polled for its ending only."""
         if event.get("type") == ev.TASK_PROGRESS and event.get("uuid") in self._until:
-            self.forget(event["uuid"])
+            self._evented.add(event["uuid"])
 
     def forget(self, task_id: str) -> None:
         self._until.pop(task_id, None)
         self._seen.pop(task_id, None)
+        self._evented.discard(task_id)
 
     def due(self, board: Board, now: float) -> list[str]:
         """The ids to read now (none before the next poll is due); forgets the tasks that
@@ -105,6 +107,8 @@ class Watchlist:
                          meta.get("status"))
                 change += board.apply(ending, reconcile.result_of(meta), source=BACKEND)
                 self.forget(task_id)
+                continue
+            if task_id in self._evented:
                 continue
             try:
                 seen = orjson.dumps([meta.get("status"), meta.get("result")])

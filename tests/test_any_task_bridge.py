@@ -202,15 +202,21 @@ def test_update_state_progress_of_a_watched_task_is_polled_and_emitted_when_it_c
     assert tid not in asked
 
 
-def test_a_watched_task_that_sends_events_is_no_longer_polled(proc, clock):
+def test_a_watched_task_that_sends_events_is_polled_for_its_ending_only(proc, clock):
+    """Its progress comes by events (a backend's older PROGRESS must not be applied); a
+    worker without -E sends no task-succeeded, so the poll still brings the ending."""
     tid = new_id()
     run(proc, clock, watch(tid))
     clock.now += 0.5
-    asked, _ = run(proc, clock, Events([event(ev.TASK_PROGRESS, tid, current=1, total=4)]))
-    assert tid in asked and tid not in proc.watchlist  # read this once, then forgotten
+    _, out = run(proc, clock, Events([event(ev.TASK_PROGRESS, tid, current=5, total=9)]),
+                 metas={tid: progress_meta(1, 9)})
+    assert [p["current"] for _, p in room(out, tid)] == [5]
     clock.now += 0.5
-    asked, _ = run(proc, clock)
-    assert tid not in asked and tid not in proc.watchlist
+    asked, out = run(proc, clock, metas={tid: progress_meta(7, 9, "from the backend")})
+    assert tid in asked and room(out, tid) == []
+    clock.now += 0.5
+    _, out = run(proc, clock, metas={tid: {"status": "SUCCESS", "result": 9}})
+    assert [(n, p["results"]) for n, p in room(out, tid)] == [(protocol.TASK_COMPLETED, {"result": 9})]
 
 
 def test_polling_waits_while_the_backend_cannot_be_read(proc, clock):

@@ -40,9 +40,14 @@ def create_app(skald_url: str | None = None, secret: str | None = None) -> Flask
             abort(404)
         total = min(max(request.values.get("total", 10, type=int), 1), 1000)
         delay = min(max(request.values.get("delay", 0.2, type=float), 0.0), 5.0)
-        result = task.apply_async(kwargs={"total": total, "delay": delay})
+        kwargs: dict = {"total": total, "delay": delay}
+        if kind == "count" and request.values.get("fail_at", type=int):
+            kwargs["fail_at"] = request.values.get("fail_at", type=int)
+        countdown = min(max(request.values.get("countdown", 0.0, type=float), 0.0), 3600.0)
+        result = task.apply_async(kwargs=kwargs, countdown=countdown or None)
         token = mint(result.id, app.config["WATCH_SECRET"], minutes=60)
-        return {"task_id": result.id, "watch_token": token, "kind": kind,
+        cancel_token = mint(result.id, app.config["WATCH_SECRET"], minutes=60, cancel=True)
+        return {"task_id": result.id, "watch_token": token, "cancel_token": cancel_token, "kind": kind,
                 "watch_url": url_for("watch", task_id=result.id, token=token, _external=True),
                 "progress_url": f"{app.config['SKALD_URL']}/api/tasks/{result.id}/progress"
                                 f"?watch_token={token}"}
@@ -53,8 +58,8 @@ def create_app(skald_url: str | None = None, secret: str | None = None) -> Flask
 
     @app.post("/start/<kind>")
     def start_page(kind: str):
-        started = start(kind)
-        return redirect(url_for("watch", task_id=started["task_id"], token=started["watch_token"]))
+        started = start(kind)  # who started it may cancel it: the page gets the cancel token
+        return redirect(url_for("watch", task_id=started["task_id"], token=started["cancel_token"]))
 
     @app.post("/api/start/<kind>")
     def start_api(kind: str):
