@@ -8,8 +8,6 @@ pure tier (board, processor, watchlist; the clock injected) and the result backe
 """
 from __future__ import annotations
 
-import uuid
-
 import orjson
 import pytest
 
@@ -22,41 +20,18 @@ from bridge.task import EXTRA_CAP, EXTRA_KEYS, extra_fields
 from bridge.watchlist import Watchlist, progress_event
 from settings import load_settings
 from tasks import events as ev
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.test_processor import Clock, event, new_id, run
 
 
 @pytest.fixture()
 def clock() -> Clock:
     return Clock()
 
-
 @pytest.fixture()
 def proc(clock) -> Processor:
     settings = load_settings(env={}).with_overrides(coalesce_ms=0, reconcile_seconds=30.0,
                                                     progress_poll_seconds=0.5)
     return Processor(settings, clock)
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def event(type_: str, tid: str, ts: float = 999.0, **fields) -> dict:
-    return {"type": type_, "uuid": tid, "timestamp": ts, "hostname": "other@h", **fields}
-
-
-def run(proc: Processor, clock: Clock, *items, metas=None):
-    batch = list(items)
-    asked = proc.needs(batch, clock.now)
-    known = {t: m for t, m in (metas or {}).items() if t in asked}
-    return asked, proc.step(batch, known, clock.now, Gauges())
 
 
 def room(out, tid: str) -> list:

@@ -21,6 +21,7 @@ from celery_progress.backend import Progress
 import skald_watch_token as helper
 from devstack import free_port
 from tests.support import ROOT, Stack, Watcher, wait_for
+from tests.test_watch_tokens import same_as_celery_progress
 
 SECRET = helper.derive_secret("test-secret")  # Skald's, derived from its SECRET_KEY
 
@@ -110,16 +111,6 @@ def theirs(settings, task_id: str) -> dict:
     return Progress(make_celery(settings).AsyncResult(task_id)).get_info()
 
 
-def assert_same(our: dict, their: dict) -> None:
-    for key, value in their.items():
-        if key == "progress":
-            for field, v in value.items():
-                assert our["progress"][field] == v, (field, our, their)
-        else:
-            assert our[key] == value, (key, our, their)
-    assert {"pending", "current", "total", "percent", "description"} <= set(our["progress"])
-
-
 def ordered_progress_then_one_ending(w: TokenWatcher, task_id: str) -> tuple[list[dict], tuple]:
     w.wait_ending(task_id, 60)
     time.sleep(0.5)  # anything that would wrongly follow the ending
@@ -148,7 +139,7 @@ def test_event_progress_of_another_app_reaches_a_token_watcher(stack, example, s
     assert len(live) >= 3, updates  # one per step at most every 100 ms (coalesced)
     assert all(u["current_step"] == f"counted {u['current']} of 8" for u in live)
     assert all(u["extra"]["phase"] in ("counting", "done") for u in live)
-    assert_same(ours(stack, tid, token), theirs(settings, tid))
+    same_as_celery_progress(ours(stack, tid, token), theirs(settings, tid))
 
 
 def test_update_state_progress_of_another_app_reaches_a_token_watcher(stack, example, settings, watchers):
@@ -164,7 +155,7 @@ def test_update_state_progress_of_another_app_reaches_a_token_watcher(stack, exa
     while time.monotonic() < deadline and compared < 2:
         mine, their = ours(stack, tid, token), theirs(settings, tid)
         if their["state"] == "PROGRESS" and mine["progress"].get("current") == their["progress"]["current"]:
-            assert_same(mine, their)
+            same_as_celery_progress(mine, their)
             assert mine["progress"]["description"].startswith("crunched ")
             compared += 1
         time.sleep(0.25)
@@ -175,7 +166,7 @@ def test_update_state_progress_of_another_app_reaches_a_token_watcher(stack, exa
     assert len({u["current"] for u in polled}) >= 3, updates  # one per poll that saw a change
     assert all(u["current_step"] == f"crunched {u['current']} of 6" for u in polled)
     assert all("extra" not in u for u in polled)  # the meta had nothing beyond its five keys
-    assert_same(ours(stack, tid, token), theirs(settings, tid))
+    same_as_celery_progress(ours(stack, tid, token), theirs(settings, tid))
 
 
 def test_a_failing_task_of_another_app_ends_with_its_error(stack, example, settings, watchers):
@@ -187,7 +178,7 @@ def test_a_failing_task_of_another_app_ends_with_its_error(stack, example, setti
     assert name == "task_error" and end["error"] == {"type": "RuntimeError", "message": "gave up at 2"}
     mine = ours(stack, tid, token)
     assert (mine["complete"], mine["success"], mine["result"]) == (True, False, "gave up at 2")
-    assert_same(mine, theirs(settings, tid))
+    same_as_celery_progress(mine, theirs(settings, tid))
 
 
 def test_expired_foreign_and_unknown_tokens_are_refused(stack, example, watchers):
