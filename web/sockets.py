@@ -139,7 +139,11 @@ def register(socketio: SocketIO, app: Flask) -> None:
         if isinstance(conn.user, WatchPrincipal):  # a token-only connection: its token only
             if token is not None and token != conn.user.token:
                 raise ApiError("not_found", "no such task")
-            token = conn.user.token
+            target = access.find(services(), task_id, conn.user, conn.user.token)
+            promote = request.environ.get("skald.connection")
+            if promote is not None:
+                promote()  # its token holds: no longer counted as an anonymous connection
+            return target
         return access.find(services(), task_id, conn.user, token)
 
     @handler("join_task", TASK_KEYS)
