@@ -111,14 +111,15 @@ def backend_meta(svc: Services, task_id: str) -> dict | None:
     return meta if meta.get("status") not in (None, "PENDING") else None
 
 
-def view(svc: Services, target: Target) -> tuple[dict, dict | None]:
-    """``(snapshot, ending)`` of a watched task (ending None while it runs); asks the bridge
-    to follow it when its store has no word on it, or no ending yet for any app's task."""
+def view(svc: Services, target: Target, with_ending: bool = True) -> tuple[dict, dict | None]:
+    """``(snapshot, ending)`` of a watched task (ending None while it runs, or when not
+    ``with_ending``); asks the bridge to follow it when its store has no word on it, or
+    no ending yet for any application's task."""
     if target.job is not None:
         snap = jobs.live_snapshot(target.job, target.owner, target.record)
         if target.record is None and snap["state"] not in protocol.TERMINAL_STATES:
             jobs.track(svc, target.task_id, target.job.id, target.owner, target.job.total)
-        return snap, jobs.ending(svc, target.job, snap, target.record)
+        return snap, jobs.ending(svc, target.job, snap, target.record) if with_ending else None
     record = target.record
     if record is not None:
         snap = dict(record["snapshot"])
@@ -173,7 +174,7 @@ def cancel(svc: Services, target: Target, by: str) -> None:
     if target.job is not None:
         jobs.request_cancel(svc, target.job, target.owner, by=by)
         return
-    state = view(svc, target)[0]["state"]
+    state = view(svc, target, with_ending=False)[0]["state"]
     if state not in protocol.TERMINAL_STATES:  # the backend may know an ending the bridge has yet to
         state = (target.meta or backend_meta(svc, target.task_id) or {}).get("status", state)
     if state in protocol.TERMINAL_STATES:

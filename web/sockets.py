@@ -178,7 +178,7 @@ def register(socketio: SocketIO, app: Flask) -> None:
 
     @handler("get_task_status", TASK_KEYS)
     def get_task_status(conn: Conn, data: dict) -> dict:
-        return {"ok": True, "snapshot": access.view(services(), _target(conn, data))[0]}
+        return {"ok": True, "snapshot": access.view(services(), _target(conn, data), with_ending=False)[0]}
 
     @handler("join_admin_dashboard", frozenset(), needs=VIEW_ALL, refuse="unauthorized")
     def join_admin_dashboard(conn: Conn, data: dict) -> dict:
