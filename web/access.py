@@ -44,7 +44,7 @@ from web.watchtokens import CANCEL, rights
 log = logging.getLogger(__name__)
 
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,155}$")  # Celery ids: UUIDs or custom
-UNKNOWN_WAIT = 1.0   # s a task unknown to the store and the backend is waited for
+UNKNOWN_WAIT = 3.0   # s a task unknown to the store and the backend is waited for
 UNKNOWN_STEP = 0.2   # s between looks meanwhile
 FOLLOW_EVERY = 30.0  # s between track commands for one task from one process
 FOLLOW_CAP = 10_000  # tasks remembered for that
