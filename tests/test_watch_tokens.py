@@ -7,16 +7,21 @@ from __future__ import annotations
 import ast
 import hashlib
 import hmac
+import string
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pytest
 from celery.exceptions import Retry
 from celery_progress.backend import Progress
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 import protocol
 import skald_watch_token as helper
@@ -347,3 +352,42 @@ def test_a_token_for_a_caption_job_watches_it_like_its_owner(sio_app, users, app
         c.disconnect()
     resp = progress(client, tid, helper.mint(tid, SECRET))
     assert resp.status_code == 200 and set(resp.get_json()) >= {"complete", "success", "progress", "result"}
+
+
+# -- bad input, fuzzed ---------------------------------------------------------------------------------------
+token_texts = st.one_of(st.none(), st.text(max_size=80), st.integers(), st.lists(st.text(max_size=5), max_size=3),
+                        st.builds(lambda e, s: f"{e}.{s}", st.integers(-10, 10**13),
+                                  st.text(alphabet="0123456789abcdefABCDEF", min_size=60, max_size=66)))
+task_ids = st.one_of(st.uuids().map(str), st.text(alphabet=string.printable, max_size=60))
+
+
+@hsettings(max_examples=150, deadline=None, database=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(task_id=task_ids, token=token_texts)
+def test_fuzzed_progress_requests_are_refused_cleanly(client, task_id, token):
+    query = {} if token is None else {"watch_token": str(token)}
+    resp = client.get(f"/api/tasks/{quote(task_id, safe='')}/progress", query_string=query)
+    if resp.status_code == 308:  # "/api/tasks//progress": the router merges the slashes
+        return
+    assert resp.status_code in (401, 404), (resp.status_code, resp.get_data()[:200])
+    assert set(resp.get_json()["error"]) == {"code", "message"}
+
+
+@hsettings(max_examples=150, deadline=None, database=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(event=st.sampled_from(["join_task", "get_task_status", "cancel_task", "leave_task"]),
+       task_id=task_ids, token=token_texts)
+def test_fuzzed_token_payloads_get_typed_acks(sio_app, event, task_id, token):
+    commands = sio_app.extensions["skald"].redis
+    before = commands.xlen("skald:commands")
+    c = token_client(sio_app, helper.mint(new_id(), SECRET))
+    try:
+        payload = {"task_id": task_id} if token is None else {"task_id": task_id, "watch_token": token}
+        ack = c.emit(event, payload, callback=True)
+        assert isinstance(ack, dict) and isinstance(ack.get("ok"), bool), ack
+        if not ack["ok"]:
+            assert ack["error"]["code"] in ("invalid", "not_found"), ack
+        assert c.is_connected()
+        assert commands.xlen("skald:commands") == before  # nothing asked of the bridge
+    finally:
+        c.disconnect()
