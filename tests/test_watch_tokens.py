@@ -271,6 +271,7 @@ def test_a_token_only_connection_watches_its_one_task(sio_app, backend, users):
     try:
         [connected] = [m["args"][0] for m in c.get_received() if m["name"] == "connected"]
         assert connected["user"] is None and connected["is_admin"] is False and connected["role"] is None
+        assert connected["watch_only"] is True
         ack = c.emit("join_task", {"task_id": tid, "watch_token": token}, callback=True)
         assert ack["ok"] is True and ack["snapshot"]["task_id"] == tid
         assert (ack["snapshot"]["current"], ack["snapshot"]["total"]) == (2, 5)

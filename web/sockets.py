@@ -115,7 +115,7 @@ def register(socketio: SocketIO, app: Flask) -> None:
         metrics.WATCHERS.set(len(conns))
         emit(protocol.CONNECTED, {"sid": request.sid, "user": user.name, "is_admin": user.is_admin,
                                   "role": user.role, "server_time": time.time(),
-                                  "watch_token": isinstance(user, WatchPrincipal)})
+                                  "watch_only": isinstance(user, WatchPrincipal)})
         try:
             status = maintenance_status(services().redis)
         except RedisError:
