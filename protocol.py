@@ -98,6 +98,23 @@ def caption_results(result: dict) -> dict:
             "failed_images": failed_images if isinstance(failed_images, list) else []}
 
 
+RESULT_CAP = 64 * 1024  # bytes of JSON a task's result may take in its ending (PROTOCOL.md)
+
+
+def task_results(value: Any) -> dict:
+    """``task_completed.results`` of any task that is not a caption job: ``{"result": value}``
+    (the task's JSON return value). A value over :data:`RESULT_CAP` bytes of JSON, or one
+    JSON cannot carry (an integer beyond 64 bits), is ``null`` with ``"result_truncated":
+    true`` and its size (``"result_bytes"``, when known)."""
+    try:
+        size = len(orjson.dumps(value))
+    except (orjson.JSONEncodeError, TypeError):
+        return {"result": None, "result_truncated": True}
+    if size > RESULT_CAP:
+        return {"result": None, "result_truncated": True, "result_bytes": size}
+    return {"result": value}
+
+
 def admin_row(snap: dict, *, name: str | None, worker: str | None, runtime: float | None,
               terminated: bool = False) -> dict:
     """A task as the operator view lists it: ``job_update``'s ``job`` and ``GET /api/tasks`` rows."""

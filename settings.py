@@ -111,6 +111,8 @@ class Settings:
     web_async_mode: str = env("WEB_ASYNC_MODE", "gevent", lower)
     secure_cookies: bool = env("SECURE_COOKIES", False, flag)
     secret_key: str | None = env("SECRET_KEY", None)
+    watch_secret: str | None = env("SKALD_WATCH_SECRET", None,
+                                   doc="signs watch tokens (PROTOCOL.md); unset: derived from SECRET_KEY")
     var_dir: Path = env("SKALD_VAR_DIR", Path("var"), path)
     captioner: str = env("CAPTIONER", "local", lower,
                          doc="local (offline models), basic (Pillow only) or ollama")
@@ -180,6 +182,10 @@ class Settings:
     reconcile_seconds: float = env("RECONCILE_SECONDS", 30.0, number(0.1))
     snapshot_ttl_seconds: int = env("SNAPSHOT_TTL_SECONDS", WEEK, integer(60))
     leader_ttl_seconds: float = env("LEADER_TTL_SECONDS", 3.0, number(0.2))
+    progress_poll_seconds: float = env(
+        "PROGRESS_POLL_SECONDS", 0.5, number(0.1, 60, clamp=True),
+        doc="s between reads of the result backend for watched open tasks whose progress comes "
+            "only from update_state (celery-progress's way): one MGET for all of them")
     # -- operator view (bridge/cluster.py) ---------------------------------------------------------
     worker_offline_after: float = env("WORKER_OFFLINE_AFTER", 10.0, number(0.1))
     failure_burst: int = env("ALERT_FAILURE_BURST", 5, integer(1),

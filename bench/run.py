@@ -16,7 +16,7 @@ import traceback
 
 from bench import common, report
 
-ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead", "rss", "captioner"]
+ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead", "rss", "captioner", "watch"]
 
 
 def main(argv: list[str] | None = None) -> int:

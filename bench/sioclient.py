@@ -2,8 +2,11 @@
 
 Each watcher is a python-socketio ``AsyncClient`` (aiohttp, websocket
 transport) that authenticates with the plan's token and joins its task rooms
-with ``join_task``. Every ``progress_update`` and terminal event received is
-recorded as ``[event, task_id, current, updated_at, t_received]``.
+with ``join_task``; with ``watch_tokens`` in the plan (one per watcher), watcher
+``i`` connects with ``auth={"watch_token": watch_tokens[i]}`` alone instead
+(bench/watch.py). Every ``progress_update`` and terminal event received is
+recorded as ``[event, task_id, current, updated_at, t_received]``, plus the
+payload's ``extra.at`` when it has one.
 
 Commands, one per stdin line, each answered with one JSON line:
 ``grow N`` (connect watchers until N are up), ``dump`` (receipts since the last
@@ -26,7 +29,8 @@ RECORDED = {"progress_update": 0, "task_completed": 1, "task_cancelled": 2, "tas
 class Watchers:
     def __init__(self, plan: dict) -> None:
         self.url = plan["url"]
-        self.token = plan["token"]
+        self.token = plan.get("token")
+        self.watch_tokens: list[str] | None = plan.get("watch_tokens")
         self.plan: list[list[str]] = plan["watchers"]
         self.clients: list[socketio.AsyncClient] = []
         self.receipts: list[list] = []
@@ -38,18 +42,23 @@ class Watchers:
         code = RECORDED.get(event)
         if code is None or not isinstance(data, dict):
             return
-        self.receipts.append([code, data.get("task_id"), data.get("current"),
-                              data.get("updated_at"), time.time()])
+        row = [code, data.get("task_id"), data.get("current"), data.get("updated_at"), time.time()]
+        extra = data.get("extra")
+        if isinstance(extra, dict) and "at" in extra:  # (another app's progress: bench/watch.py)
+            row.append(extra["at"])
+        self.receipts.append(row)
 
     async def _one(self, index: int, sem: asyncio.Semaphore) -> None:
         async with sem:
             client = socketio.AsyncClient(reconnection=False, http_session=self.session)
             client.on("*", self._record)
             try:
-                await client.connect(self.url, auth={"token": self.token}, transports=["websocket"],
-                                     wait_timeout=30)
+                watch = self.watch_tokens[index] if self.watch_tokens else None
+                auth = {"watch_token": watch} if watch else {"token": self.token}
+                await client.connect(self.url, auth=auth, transports=["websocket"], wait_timeout=30)
                 for task_id in self.plan[index]:
-                    ack = await client.call("join_task", {"task_id": task_id}, timeout=30)
+                    payload = {"task_id": task_id, **({"watch_token": watch} if watch else {})}
+                    ack = await client.call("join_task", payload, timeout=30)
                     if not (isinstance(ack, dict) and ack.get("ok")):
                         raise RuntimeError(f"join refused: {ack}")
                 self.clients.append(client)

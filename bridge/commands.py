@@ -56,10 +56,12 @@ def send_cancel(client: redis.Redis, task_id: str, by: str) -> str:
     return msg_id.decode() if isinstance(msg_id, bytes) else msg_id
 
 
-def send_track(client: redis.Redis, task_id: str, job_id: int, owner: str, total: int) -> str:
-    """Ask the bridge to follow a caption job from now on."""
-    entry = {"type": TRACK, "task_id": task_id, "job_id": str(job_id), "owner": owner,
-             "total": str(total)}
+def send_track(client: redis.Redis, task_id: str, job_id: int | None, owner: str | None,
+               total: int) -> str:
+    """Ask the bridge to follow a caption job from now on (``job_id`` None: a watched task
+    of any application, which the bridge also polls for ``update_state`` progress)."""
+    entry = {"type": TRACK, "task_id": task_id, "job_id": "" if job_id is None else str(job_id),
+             "owner": owner or "", "total": str(total)}
     msg_id = client.xadd(STREAM, entry, maxlen=STREAM_MAXLEN, approximate=True)
     return msg_id.decode() if isinstance(msg_id, bytes) else msg_id
 

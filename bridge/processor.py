@@ -28,6 +28,7 @@ from bridge.cluster import Cluster
 from bridge.commands import CancelRequest, Request, TrackRequest
 from bridge.emitter import Coalescer
 from bridge.state import BACKEND, Board, Change, Update
+from bridge.watchlist import Watchlist
 from settings import Settings
 from tasks import events as ev
 
@@ -135,6 +136,8 @@ class Processor:
                                lag_alert=s.bridge_lag_alert, backlog_alert=s.bridge_backlog_alert,
                                clock=clock)
         self.coalescer = Coalescer(s.coalesce_ms / 1000.0)
+        self.watchlist = Watchlist(s.progress_poll_seconds)  # bridge/watchlist.py
+        self._polled: list[str] = []         # the watched ids needs() asked the backend for
         self.grace = s.cancel_grace_seconds
         self.reconcile_every = s.reconcile_seconds
         self.tick_every = s.metrics_interval
@@ -170,6 +173,8 @@ class Processor:
         if now >= self.next_reconcile:
             ids.update(self._quiet(now))
         ids.update(t for t, (when, sent) in self.deadlines.items() if sent and now >= when)
+        self._polled = self.watchlist.due(self.board, now)
+        ids.update(self._polled)
         return ids
 
     def step(self, batch: list[Item], metas: dict[str, dict] | None, now: float,
@@ -183,6 +188,8 @@ class Processor:
             if isinstance(item, Events):
                 for event in item.events:
                     change.updates += self.cluster.observe(event)
+                    if self.watchlist:
+                        self.watchlist.heard(event)
                     meta = known.get(event.get("uuid")) if self._wants_results(event) else None
                     change += self.board.apply(event, reconcile.result_of(meta))
                 out.events += len(item.events)
@@ -198,6 +205,9 @@ class Processor:
             self.next_reconcile = now + self.reconcile_every
         for task_id in sorted(check):
             self._reconcile(task_id, known.get(task_id), change)
+        if self._polled and metas is not None:  # watched tasks' update_state progress
+            change += self.watchlist.poll(self.board, self._polled, metas, now)
+        self._polled = []
         self._deadlines(now, metas, change, out)
         change.updates += self.cluster.transitions(change.transitions)
         if now >= self.next_tick:
@@ -208,6 +218,7 @@ class Processor:
         out.records = self.board.take_records(only={u.task_id for u in out.updates})
         self.events_applied += out.events
         out.wake = min(filter(None, [self.coalescer.next_due(), self.next_reconcile, self.next_tick,
+                                     self.watchlist.wake(),
                                      *(when for when, _ in self.deadlines.values())]))
         return out
 
@@ -218,6 +229,8 @@ class Processor:
         if isinstance(request, TrackRequest):
             change += self.board.track(request.task_id, request.job_id, request.owner, request.total)
             check.add(request.task_id)
+            if request.job_id is None and not self._ended(request.task_id):  # any app's task
+                self.watchlist.watch(request.task_id, now)
         elif isinstance(request, CancelRequest) and not self._ended(request.task_id):
             if metas is None:  # ask the backend again next step; the entry stays unacknowledged
                 self._deferred.append(item)
@@ -288,13 +301,13 @@ class Processor:
         return updates
 
     def _wants_results(self, event: dict) -> bool:
-        """A task-succeeded whose ending carries a caption job's return value (the event has
-        only its repr): of a caption job, or of a task not known yet (it may be one)."""
+        """A task-succeeded, whose ending carries the task's return value as the result
+        backend holds it (the event has only its repr), for a task that has not ended."""
         if not isinstance(event, dict) or event.get("type") != ev.TASK_SUCCEEDED \
                 or not isinstance(event.get("uuid"), str):
             return False
         task = self.board.get(event["uuid"])
-        return task is None or (not task.ended and task.name in (None, ev.CAPTION_TASK_NAME))
+        return task is None or not task.ended
 
     def _ended(self, task_id: str) -> bool:
         task = self.board.get(task_id)

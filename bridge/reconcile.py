@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import CeleryError
 from kombu.exceptions import KombuError
 
 from tasks import events as ev
@@ -36,7 +37,9 @@ def backend_metas(app: Celery, task_ids: Iterable[str]) -> dict[str, dict]:
                 if raw:
                     try:
                         out[task_id] = backend.decode_result(raw)
-                    except (ValueError, TypeError, KeyError, KombuError):  # one bad entry only
+                    # One bad entry only; CeleryError: e.g. SecurityError, a FAILURE whose
+                    # exc_type names no exception class (any application can write one).
+                    except (ValueError, TypeError, KeyError, KombuError, CeleryError):
                         log.warning("cannot decode the stored result of %s", task_id)
         return out
     for task_id in ids:  # pragma: no cover - other backends

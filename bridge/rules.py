@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import protocol
 from bridge.task import (
@@ -23,6 +24,8 @@ from bridge.task import (
     as_id,
     as_number,
     as_text,
+    caption_results,
+    extra_fields,
     first_int_arg,
     parse_exception,
     trim,
@@ -115,6 +118,7 @@ def on_progress(task: Task, event: dict, stamp: float) -> Move | None:
     task.eta = round(eta, 1) if eta is not None and eta >= 0 else None
     task.job_id = as_id(event.get("job_id")) or task.job_id
     task.owner = as_text(event.get("owner")) or task.owner
+    task.extra = extra_fields(event) or task.extra
     advance(task, "PROGRESS")
     caption, image = as_text(event.get("caption"), CAPTION_CAP), as_text(event.get("image"))
     if caption is None or image is None:
@@ -122,20 +126,35 @@ def on_progress(task: Task, event: dict, stamp: float) -> Move | None:
     return Move("progress", caption={"image": image, "caption": caption})
 
 
-def on_succeeded(task: Task, event: dict, results: dict | None) -> Move:
-    """``results``: the job's checked return value (bridge/task.py), for a caption job."""
+def is_caption_job(task: Task, captions: dict | None) -> bool:
+    """A caption job: by its name, or (name unknown) by its job id or a caption job's value."""
+    if task.name is not None:
+        return task.name == ev.CAPTION_TASK_NAME
+    return task.job_id is not None or captions is not None
+
+
+def on_succeeded(task: Task, event: dict, value: Any) -> Move:
+    """``value``: the task's return value as the result backend holds it (None when it does
+    not). A caption job's ending carries its checked captions (bridge/task.py); any other
+    task's carries ``{"result": value}``, capped (``protocol.task_results``). The event's
+    own ``result`` (a repr) only names the outcome on the operator view."""
     task.runtime = as_number(event.get("runtime"), task.runtime)
-    if results is None or task.name not in (None, ev.CAPTION_TASK_NAME):
-        results = {"count": 0, "failed": task.failed, "captions": []}
+    captions = caption_results(value)
+    if not is_caption_job(task, captions):
         task.outcome = trim(event.get("result"))
+        results = protocol.task_results(value)
+    elif captions is None:  # the backend does not hold the job's value
+        task.outcome = trim(event.get("result"))
+        results = protocol.caption_results({"count": 0, "failed": task.failed, "captions": []})
     else:
-        task.failed = results["failed"]
-        task.total = results.get("total", task.total)
-        task.outcome = f"{results['count']} captions, {task.failed} failed"
+        task.failed = captions["failed"]
+        task.total = captions.get("total", task.total)
+        task.outcome = f"{captions['count']} captions, {task.failed} failed"
+        results = protocol.caption_results(captions)
     task.current = max(task.current, task.total)
     task.eta = 0.0 if task.total else None
     task.step = "done"
-    return Move("end", "SUCCESS", results=protocol.caption_results(results))
+    return Move("end", "SUCCESS", results=results)
 
 
 def on_failed(task: Task, event: dict, stamp: float) -> Move:

@@ -14,7 +14,7 @@ Rules (DESIGN.md):
 - Every field is checked (bridge/task.py): numbers clamped, texts trimmed.
 
 Events are Celery event dicts (``type``, ``uuid``, ``timestamp``, fields). A
-``task-succeeded`` of a caption job may come with ``results``: the job's return
+``task-succeeded`` (of any task) may come with ``results``: the task's return
 value, read from the result backend by the bridge (the event has only its repr).
 """
 from __future__ import annotations
@@ -23,10 +23,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import protocol
 from bridge import rules
-from bridge.task import Task, as_count, as_id, as_number, as_text, caption_results
+from bridge.task import Task, as_count, as_id, as_number, as_text
 from protocol import ADMIN_ROOM, task_room
 from tasks import events as ev
 
@@ -142,9 +143,10 @@ class Board:
         return [Transition(t.task_id, None, t.bucket, t.updated_at, STORE) for t in self._open.values()]
 
     # -- the state machine ---------------------------------------------------------
-    def apply(self, event: dict, results: dict | None = None, source: str = EVENT) -> Change:
-        """Apply one Celery event (``results``: a caption job's return value, for its
-        ``task-succeeded``); returns the emits and transitions it causes (maybe none)."""
+    def apply(self, event: dict, results: Any = None, source: str = EVENT) -> Change:
+        """Apply one Celery event (``results``: the task's return value as the result
+        backend holds it, for its ``task-succeeded``); returns the emits and transitions
+        it causes (maybe none)."""
         if not isinstance(event, dict):
             self.ignored += 1
             return Change()
@@ -159,7 +161,7 @@ class Board:
         before = None if new else task.bucket
         stamp = as_number(event.get("timestamp"), None) or self.clock()
         if etype == ev.TASK_SUCCEEDED:
-            move = rules.on_succeeded(task, event, caption_results(results))
+            move = rules.on_succeeded(task, event, results)
         else:
             move = rules.RULES[etype](task, event, stamp)
         if move is None:  # nothing changed (or the event was malformed)
@@ -197,14 +199,15 @@ class Board:
 
     def track(self, task_id: str, job_id: int | None = None, owner: str | None = None,
               total: int = 0) -> Change:
-        """Follow a job the web process submitted or someone watches (no emit to its room)."""
+        """Follow a job the web process submitted or someone watches (no emit to its room);
+        without ``job_id``, a task of any application that someone watches."""
         task = self.get(task_id)
         if task is not None and task.ended:
             return Change()
         new = task is None
         if task is None:
             task = self._add(task_id)
-            task.name = ev.CAPTION_TASK_NAME
+            task.name = ev.CAPTION_TASK_NAME if job_id is not None else None  # else any task
             task.updated_at = self.clock()
         was = (task.job_id, task.owner, task.total)
         task.job_id = task.job_id if task.job_id is not None else as_id(job_id)

@@ -14,6 +14,8 @@ import re
 import sys
 from typing import Any
 
+import orjson
+
 import protocol
 
 TEXT_CAP = 300   # longest args / result / exception text kept per task
@@ -102,6 +104,40 @@ def first_int_arg(args: Any) -> int | None:
     return None
 
 
+# Fields of a task-progress event that are not "extra": Celery's envelope and the contract's.
+PROGRESS_FIELDS = frozenset({"type", "uuid", "timestamp", "hostname", "pid", "clock", "utcoffset",
+                             "local_received", "current", "total", "step", "image", "caption",
+                             "eta", "job_id", "owner", "failed"})
+EXTRA_KEYS = 16      # extra fields kept per task at most
+EXTRA_KEY_CAP = 64   # longest name of an extra field
+EXTRA_CAP = 2048     # bytes of JSON the extra fields may take together
+
+
+def extra_fields(event: dict) -> dict | None:
+    """The small extra fields of a task-progress event (any application's), or None.
+
+    At most :data:`EXTRA_KEYS` fields, names up to :data:`EXTRA_KEY_CAP` characters,
+    :data:`EXTRA_CAP` bytes of JSON together; a value JSON cannot carry (an integer
+    beyond 64 bits) or that would pass the cap is left out, so nothing kept here can
+    stop a record or an emit from being encoded."""
+    kept: dict[str, Any] = {}
+    used = 2
+    for key, value in event.items():
+        if key in PROGRESS_FIELDS or not isinstance(key, str) or len(key) > EXTRA_KEY_CAP:
+            continue
+        try:
+            size = len(orjson.dumps({key: value})) - 1
+        except (orjson.JSONEncodeError, TypeError):
+            continue
+        if used + size > EXTRA_CAP:
+            continue
+        kept[key] = value
+        used += size
+        if len(kept) >= EXTRA_KEYS:
+            break
+    return kept or None
+
+
 def caption_results(value: Any) -> dict | None:
     """A caption job's return value as an ending carries it (checked), else None."""
     if not isinstance(value, dict) or not isinstance(value.get("captions"), list):
@@ -127,7 +163,7 @@ class Task:
     __slots__ = ("task_id", "name", "state", "job_id", "owner", "current", "total", "failed",
                  "step", "eta", "updated_at", "worker", "received_at", "started_at",
                  "runtime", "args", "outcome", "cancel_requested", "terminated", "ending",
-                 "compacted")
+                 "compacted", "extra")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
@@ -151,6 +187,7 @@ class Task:
         self.terminated = False
         self.ending: dict | None = None  # {"event", "payload"} once ended
         self.compacted = False  # ended, stored, and its bulky parts dropped
+        self.extra: dict | None = None  # a progress event's small extra fields (extra_fields)
 
     @property
     def ended(self) -> bool:
@@ -163,15 +200,18 @@ class Task:
 
     def compact(self) -> None:
         """Forget what only the store needs (an ended task is never written again)."""
-        self.ending = self.args = self.outcome = None
+        self.ending = self.args = self.outcome = self.extra = None
         self.step = sys.intern(self.step)
         self.compacted = True
 
     def snapshot(self) -> dict:
-        return protocol.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
+        snap = protocol.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
                                  state=self.state, current=self.current, total=self.total,
                                  current_step=self.step, estimated_completion=self.eta,
                                  updated_at=self.updated_at, failed=self.failed)
+        if self.extra:
+            snap["extra"] = self.extra
+        return snap
 
     def row(self) -> dict:
         """The operator view's row (``job_update``'s ``job``)."""
@@ -214,6 +254,8 @@ class Task:
         task.cancel_requested = bool(detail.get("cancel_requested"))
         task.terminated = bool(detail.get("terminated"))
         task.ending = record.get("ending") if isinstance(record.get("ending"), dict) else None
+        extra = snap.get("extra")
+        task.extra = extra_fields(extra) if isinstance(extra, dict) else None
         if task.ended:
             task.compact()  # the store already holds its final record
         return task

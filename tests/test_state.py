@@ -943,12 +943,14 @@ def test_an_events_own_results_are_ignored():
     assert end.payload["results"]["captions"] == []
 
 
-def test_results_only_end_a_caption_job():
+def test_captions_only_end_a_caption_job_any_other_task_ends_with_its_result():
+    """A task of another application that returns a caption-shaped value is no caption job:
+    its ending carries the value as ``results.result`` (PROTOCOL.md, "Watching any Celery task")."""
     b, tid = board(), new_id()
     apply(b, event(ev.TASK_RECEIVED, tid, 1.0, name="reports.build"))
-    [end, _job] = b.apply(event(ev.TASK_SUCCEEDED, tid, 2.0, result="'ok'"),
-                          {"count": 1, "failed": 0, "captions": [{"image": "a", "caption": "b"}]}).updates
-    assert end.payload["results"]["captions"] == [] and b.get(tid).outcome == "'ok'"
+    value = {"count": 1, "failed": 0, "captions": [{"image": "a", "caption": "b"}]}
+    [end, _job] = b.apply(event(ev.TASK_SUCCEEDED, tid, 2.0, result="'ok'"), value).updates
+    assert end.payload["results"] == {"result": value} and b.get(tid).outcome == "'ok'"
 
 
 def test_stored_records_with_odd_values_load_safely():

@@ -96,11 +96,12 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         celery=make_celery(settings),
         store=SnapshotStore(client))
 
-    from web import admin, api, auth, errors, pages, review, sockets
+    from web import admin, api, auth, errors, pages, progress, review, sockets
     errors.register(app)
     csrf.init_app(app)
     auth.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(progress.bp)  # GET /api/tasks/<id>/progress (celery-progress's shape)
     app.register_blueprint(pages.bp)
     app.register_blueprint(review.bp)
 

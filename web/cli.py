@@ -171,6 +171,24 @@ def watch(task_id: str, watch_token: str | None) -> None:
     sys.exit(run_watch(task_id, watch_token))
 
 
+@main.command("watch-token")
+@click.argument("task_id")
+@click.option("--minutes", type=float, default=60.0, show_default=True,
+              help="How long the token may be used to start watching.")
+@click.option("--cancel", "may_cancel", is_flag=True, help="The token may also cancel the task.")
+def watch_token(task_id: str, minutes: float, may_cancel: bool) -> None:
+    """Print a watch token for TASK_ID (any Celery task on the broker; PROTOCOL.md)."""
+    import math
+
+    from web.access import TASK_ID_RE
+    from web.watchtokens import mint, watch_secret
+
+    if not TASK_ID_RE.match(task_id) or not math.isfinite(minutes):
+        click.echo("error: give a Celery task id and a number of minutes", err=True)
+        sys.exit(2)
+    click.echo(mint(task_id, watch_secret(load_settings()), minutes, cancel=may_cancel))
+
+
 def run() -> None:
     """Entry point: settings errors become a one-line message, exit 2."""
     try:

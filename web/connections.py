@@ -130,6 +130,8 @@ class Guard:
         return len(self._drop_stale(self.conns.items()))
 
     def _drop_stale(self, items: list[tuple[str, Conn]]) -> list[str]:
+        # A watch token's connection has no user to re-check: its token is checked per event.
+        items = [(sid, c) for sid, c in items if c.user.is_authenticated]
         if not items:
             return []
         try:

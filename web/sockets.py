@@ -24,19 +24,20 @@ from redis.exceptions import RedisError
 
 import protocol
 from bridge.store import read_metrics
-from web import jobs, metrics
+from web import access, jobs, metrics
 from web.accounts import Principal
 from web.auth import principal_for_token
 from web.connections import Conn, Connections, Guard, install
 from web.errors import ApiError
 from web.maintenance import maintenance_status
 from web.ratelimit import TokenBucket
-from web.roles import VIEW_ALL, check, may_act_on
+from web.roles import VIEW_ALL, check
 from web.services import services
+from web.watchtokens import WatchPrincipal, principal_for
 
 log = logging.getLogger(__name__)
 
-TASK_KEYS = frozenset({"task_id"})
+TASK_KEYS = frozenset({"task_id", "watch_token"})
 
 
 def fail(code: str, message: str) -> dict:
@@ -109,11 +110,12 @@ def register(socketio: SocketIO, app: Flask) -> None:
             raise ConnectionRefusedError("rate_limited")
         guard.connected(server.manager.eio_sid_from_sid(request.sid, "/"))
         promote = request.environ.get("skald.connection")
-        if promote is not None:
-            promote()  # an authenticated connection: no longer counted as anonymous
+        if promote is not None and user.is_authenticated:
+            promote()  # a user's connection: no longer counted as anonymous (a token's stays)
         metrics.WATCHERS.set(len(conns))
         emit(protocol.CONNECTED, {"sid": request.sid, "user": user.name, "is_admin": user.is_admin,
-                                  "role": user.role, "server_time": time.time()})
+                                  "role": user.role, "server_time": time.time(),
+                                  "watch_only": isinstance(user, WatchPrincipal)})
         try:
             status = maintenance_status(services().redis)
         except RedisError:
@@ -126,34 +128,38 @@ def register(socketio: SocketIO, app: Flask) -> None:
         conns.remove(request.sid)
         metrics.WATCHERS.set(len(conns))
 
-    def _job(conn: Conn, data: dict):
+    def _target(conn: Conn, data: dict) -> access.Target:
+        """The task of a payload, if this connection may watch it (web/access.py)."""
         task_id = data.get("task_id")
         if not jobs.is_uuid(task_id):
             raise ApiError("invalid", "task_id must be a UUID")
-        with services().db() as db:
-            job = jobs.find_job(db, task_id, conn.user)
-            owner = job.owner.name
-        return services(), job, owner
+        token = data.get("watch_token")
+        if token is not None and (not isinstance(token, str) or len(token) > 200):
+            raise ApiError("invalid", "watch_token must be a watch token")
+        if isinstance(conn.user, WatchPrincipal):  # a token-only connection: its token only
+            if token is not None and token != conn.user.token:
+                raise ApiError("not_found", "no such task")
+            target = access.find(services(), task_id, conn.user, conn.user.token)
+            promote = request.environ.get("skald.connection")
+            if promote is not None:
+                promote()  # its token holds: no longer counted as an anonymous connection
+            return target
+        return access.find(services(), task_id, conn.user, token)
 
     @handler("join_task", TASK_KEYS)
     def join_task(conn: Conn, data: dict) -> dict:
-        svc, job, owner = _job(conn, data)
-        join_room(protocol.task_room(job.task_id))
-        record = jobs.fetch_record(svc, job.task_id)
-        snap = jobs.live_snapshot(job, owner, record)
-        if record is None and snap["state"] not in protocol.TERMINAL_STATES:
-            # The bridge has no word on this job (it may have missed all of
-            # it): have it follow the job and reconcile its ending.
-            jobs.track(svc, job.task_id, job.id, owner, job.total)
-        ending = jobs.ending(svc, job, snap, record)
+        target = _target(conn, data)
+        join_room(protocol.task_room(target.task_id))
+        snap, ending = access.view(services(), target)
         if ending is not None:
             # It ended: this is the client's one ending. It stays in the room for
             # caption_updated (review); a late duplicate of the ending from the
             # room skips a client that already had it (claim_ending).
-            if conns.claim_ending(request.sid, job.task_id):
+            if conns.claim_ending(request.sid, target.task_id):
                 emit(ending["event"], ending["payload"])
-        elif not conns.has_ending(request.sid, job.task_id):
-            emit(protocol.PROGRESS_UPDATE, snap)
+        elif not conns.has_ending(request.sid, target.task_id) \
+                and snap["state"] not in protocol.TERMINAL_STATES:
+            emit(protocol.PROGRESS_UPDATE, snap)  # (an ending the bridge has yet to record comes to the room)
         return {"ok": True, "snapshot": snap}
 
     @handler("leave_task", TASK_KEYS)
@@ -167,17 +173,12 @@ def register(socketio: SocketIO, app: Flask) -> None:
 
     @handler("cancel_task", TASK_KEYS)
     def cancel_task(conn: Conn, data: dict) -> dict:
-        svc, job, owner = _job(conn, data)
-        if not may_act_on(conn.user, job.owner_id):
-            raise ApiError("forbidden", "only the job's owner or an admin may cancel it")
-        jobs.request_cancel(svc, job, owner, by=conn.user.name)
+        access.cancel(services(), _target(conn, data), by=conn.user.name or "a cancel token")
         return {"ok": True, "state": "CANCELLING"}
 
     @handler("get_task_status", TASK_KEYS)
     def get_task_status(conn: Conn, data: dict) -> dict:
-        svc, job, owner = _job(conn, data)
-        return {"ok": True, "snapshot": jobs.live_snapshot(job, owner,
-                                                           jobs.fetch_record(svc, job.task_id))}
+        return {"ok": True, "snapshot": access.view(services(), _target(conn, data), with_ending=False)[0]}
 
     @handler("join_admin_dashboard", frozenset(), needs=VIEW_ALL, refuse="unauthorized")
     def join_admin_dashboard(conn: Conn, data: dict) -> dict:
@@ -240,11 +241,14 @@ class RoomHooks:
             log.info("credentials of user %s changed: %d connection(s) closed", user_id, dropped)
 
 
-def _authenticate(auth: Any) -> Principal | None:
+def _authenticate(auth: Any) -> Principal | WatchPrincipal | None:
+    """A user (API token, else the session cookie), else a watch token's principal."""
     if isinstance(auth, dict) and isinstance(auth.get("token"), str):
         return principal_for_token(auth["token"])
     if current_user.is_authenticated:
         return current_user._get_current_object()
+    if isinstance(auth, dict) and "watch_token" in auth:
+        return principal_for(auth["watch_token"])
     return None
 
 

@@ -1,5 +1,20 @@
 /* SkaldLive: the live Socket.IO connection to Skald, for Skald's own pages and any other
  * application's page (it needs only the Socket.IO client, window.io or options.io).
+ * Reusable as it is: load Skald's /static/vendor/socket.io/socket.io.min.js and
+ * /static/js/live.js (the other page's origin must be in Skald's CORS_ALLOWED_ORIGINS).
+ *
+ * One task of any Celery application, with only a watch token (PROTOCOL.md):
+ *
+ *   var watch = SkaldLive.watch({
+ *     url: "https://skald.example", taskId: ID, watchToken: TOKEN,
+ *     onProgress: function (update) {},   // progress_update: current, total, progress_percent,
+ *                                         // current_step, extra
+ *     onEnd: function (eventName, payload) {},  // once: task_completed (payload.results.result),
+ *                                               // task_cancelled or task_error (payload.error)
+ *     onError: function (error) {},       // {code, message}, e.g. not_found for a bad token
+ *     onState: function (kind) {}         // the connection's state, as below
+ *   });
+ *   watch.cancel()  // with a token minted --cancel;  watch.stop()  // leave; watch.live.socket
  *
  *   var live = SkaldLive.connect({
  *     url: "https://skald.example",        // default: this page's origin
@@ -208,8 +223,21 @@
     return this;
   };
 
+  /** Connect with a watch token alone and follow its one task (see the top of this file). */
+  function watch(options) {
+    var o = options || {};
+    var live = new Live({ url: o.url, io: o.io, auth: { watch_token: o.watchToken }, onState: o.onState });
+    var task = live.watchTask(o.taskId, {
+      watchToken: o.watchToken, onSnapshot: o.onSnapshot, onProgress: o.onProgress,
+      onEnd: o.onEnd, onError: o.onError
+    });
+    task.live = live;
+    return task;
+  }
+
   return {
     connect: function (options) { return new Live(options || {}); },
+    watch: watch,
     ENDINGS: ENDINGS,
     TERMINAL: TERMINAL
   };

@@ -1,0 +1,1 @@
+"""An example Flask + Celery application whose tasks are watched live through Skald."""

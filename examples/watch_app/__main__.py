@@ -1,0 +1,3 @@
+from examples.watch_app.app import main
+
+main()
