@@ -261,6 +261,25 @@ def token_client(sio_app, token):
     return sio_app.extensions["socketio"].test_client(sio_app, auth={"watch_token": token})
 
 
+def test_the_backends_progress_wins_over_a_record_the_bridge_only_tracks(sio_app, backend):
+    """The bridge records a task it is asked to follow as PENDING until its poll or its events
+    say more; an update_state progress already in the result backend is what a watcher sees."""
+    from bridge.records import RecordWriter
+
+    tid = new_id()
+    client = sio_app.extensions["skald"].redis
+    pipe = client.pipeline()
+    RecordWriter().put(pipe, {"snapshot": protocol.snapshot(tid), "ending": None, "detail": {}})
+    pipe.execute()
+    backend.store_result(tid, {"current": 3, "total": 4}, "PROGRESS")
+    c = token_client(sio_app, helper.mint(tid, SECRET))
+    try:
+        snap = c.emit("get_task_status", {"task_id": tid}, callback=True)["snapshot"]
+        assert (snap["state"], snap["current"], snap["total"]) == ("PROGRESS", 3, 4)
+    finally:
+        c.disconnect()
+
+
 def test_a_token_only_connection_watches_its_one_task(sio_app, backend, users):
     tid, other = new_id(), new_id()
     backend.store_result(tid, {"pending": False, "current": 2, "total": 5, "percent": 40.0,

@@ -84,10 +84,12 @@ def find(svc: Services, task_id: str, user: Any, token: str | None, *,
     deadline = time.monotonic() + wait
     while True:
         target.record = svc.store.get(task_id)
-        if target.record is not None:
+        if target.record is not None and target.record["snapshot"].get("state") != "PENDING":
             return target
+        # The bridge may know the task only from a `track` (PENDING) while the result backend
+        # already holds its update_state progress or ending: read that too.
         target.meta = backend_meta(svc, task_id)
-        if target.meta is not None:
+        if target.meta is not None or target.record is not None:
             return target
         if time.monotonic() >= deadline:
             raise ApiError("not_found", "no such task")
@@ -121,7 +123,7 @@ def view(svc: Services, target: Target, with_ending: bool = True) -> tuple[dict,
             jobs.track(svc, target.task_id, target.job.id, target.owner, target.job.total)
         return snap, jobs.ending(svc, target.job, snap, target.record) if with_ending else None
     record = target.record
-    if record is not None:
+    if record is not None and target.meta is None:
         snap = dict(record["snapshot"])
         ending = record.get("ending") if snap.get("state") in protocol.TERMINAL_STATES else None
         if ending is None:
