@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 import protocol
 from bridge import store
-from web import jobs, metrics
+from web import audit, jobs, metrics
 from web.api import limit_arg
 from web.auth import user_required
 from web.errors import ApiError
@@ -159,6 +159,7 @@ def cancel_task(task_id: str):
         if state in protocol.TERMINAL_STATES:
             raise ApiError("conflict", f"the task already ended ({state})")
         jobs.queue_cancel(svc, task_id, current_user.name)
+    audit.log(current_user.name, "cancel", task_id, {"caption_job": job is not None}, "queued")
     return jsonify({"task_id": task_id, "state": "CANCELLING"}), 202
 
 
@@ -210,6 +211,8 @@ def post_maintenance():
     except RedisError as exc:
         raise ApiError("unavailable", "cannot reach Redis; try again") from exc
     current_app.extensions["socketio"].emit(protocol.MAINTENANCE_STATUS, status, namespace="/")
+    audit.log(current_user.name, "maintenance_on" if active else "maintenance_off", "cluster",
+              {"message": status["message"], "until": until}, "ok")
     current_app.logger.warning("maintenance %s by %s%s", "on" if active else "off",
                                current_user.name, f": {status['message']}" if status["message"] else "")
     return jsonify(status)

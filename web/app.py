@@ -96,7 +96,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         celery=make_celery(settings),
         store=SnapshotStore(client))
 
-    from web import admin, api, auth, errors, pages, progress, review, sockets
+    from web import admin, api, audit, auth, errors, pages, progress, review, sockets
     errors.register(app)
     csrf.init_app(app)
     auth.init_app(app)
@@ -104,6 +104,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.register_blueprint(progress.bp)  # GET /api/tasks/<id>/progress (celery-progress's shape)
     app.register_blueprint(pages.bp)
     app.register_blueprint(review.bp)
+    app.register_blueprint(audit.bp)    # GET /api/audit
 
     @app.before_request
     def _credentials_and_csrf():

@@ -8,7 +8,6 @@ second tab or a second reviewer sees it at once; approvals are audited.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import protocol
-from tasks.models import ROLES, AuditEntry, Image, Job, User
-from web import captions, thumbnails
+from tasks.models import ROLES, Image, Job, User
+from web import audit, captions, thumbnails
 from web.auth import user_required
 from web.errors import ApiError
 from web.jobs import is_uuid
@@ -74,11 +73,6 @@ def push(task_id: str, items: list[dict], by: str) -> None:
             return
 
 
-def audit(db: Session, user: str, action: str, target: str, params: dict, result: str) -> None:
-    db.add(AuditEntry(user=user, action=action, target=target,
-                      params=json.dumps(params, sort_keys=True), result=result))
-
-
 @bp.get("/api/jobs/<task_id>/captions")
 @user_required
 def list_captions(task_id: str):
@@ -106,7 +100,7 @@ def edit_caption(task_id: str, image_id: str):
         changed = captions.apply_edit(caption, text, approve, current_user.name)
         item = captions.row(task_id, image, caption)
         if changed and approve:
-            audit(db, current_user.name, "caption_approve", task_id,
+            audit.record(db, current_user.name, "caption_approve", task_id,
                   {"image_id": image.id, "edited": text is not None}, "approved")
         db.commit()
     if changed:
@@ -123,7 +117,7 @@ def approve_captions(task_id: str):
         changed = captions.approve_all(db, job.id, current_user.name)
         items = [captions.row(task_id, image, caption) for image, caption in changed]
         if items:
-            audit(db, current_user.name, "captions_approve_all", task_id, {},
+            audit.record(db, current_user.name, "captions_approve_all", task_id, {},
                   f"{len(items)} approved")
         db.commit()
     push(task_id, items, current_user.name)
