@@ -20,6 +20,7 @@ from settings import Settings, load_settings
 from tasks.app import make_celery
 from tasks.cancel import redis_client
 from tasks.db import sessions
+from web.control import Inspector
 from web.errors import ApiError
 from web.services import Services
 
@@ -91,10 +92,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     )
     app.config.update(flask_cfg)
     client = redis_client(settings.redis_url)
+    celery = make_celery(settings)
     app.extensions["skald"] = Services(
         settings=settings, redis=client, db=sessions(settings.database_url),
-        celery=make_celery(settings),
-        store=SnapshotStore(client))
+        celery=celery, store=SnapshotStore(client), inspector=Inspector(celery))
 
     from web import admin, api, audit, auth, errors, pages, progress, review, sockets
     errors.register(app)

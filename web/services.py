@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bridge.store import SnapshotStore
 from settings import Settings
+from web.control import Inspector
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Services:
     db: sessionmaker[Session]
     celery: Celery
     store: SnapshotStore
+    inspector: Inspector  # cached app.control.inspect() (web/control.py)
 
 
 def services() -> Services:
