@@ -1,33 +1,17 @@
 """Password hashing (Werkzeug's scrypt), run off the event loop.
 
-A check costs tens of milliseconds of CPU by design. Under gevent the web
-process is one OS thread: hashing there stalls every request and websocket of
-the process while it runs. So when gevent has patched the process, the hash runs
-in gevent's thread pool (``hashlib.scrypt`` releases the GIL, so the loop keeps
-serving meanwhile); otherwise (threaded test servers, the CLI) it runs inline.
+A check costs tens of milliseconds of CPU by design, so it runs off the gevent
+loop (web/offloop.py).
 An unknown user name is checked against a dummy hash the same way, so the
 answer takes as long and names cannot be probed by timing.
 """
 from __future__ import annotations
 
 import functools
-import sys
-from collections.abc import Callable
-from typing import TypeVar
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-T = TypeVar("T")
-
-
-def off_loop(fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in gevent's thread pool when gevent runs this process, else inline."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("socket"):
-        import gevent
-
-        return gevent.get_hub().threadpool.apply(fn, args)
-    return fn(*args)
+from web.offloop import off_loop
 
 
 def hash_password(password: str) -> str:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
+
+from web.offloop import off_loop
 
 SIDE = 320            # longest side of a thumbnail (PROTOCOL.md: at most 320 px)
 MAX_PIXELS = 50_000_000  # larger images get no preview (decoding them costs seconds and GBs)
@@ -28,24 +28,10 @@ CONCURRENCY = 2       # thumbnails decoded at once per web process (memory and C
 MIME = "image/jpeg"
 
 _slots = threading.BoundedSemaphore(CONCURRENCY)  # gevent's own under monkey patching
-T = TypeVar("T")
 
 
 class NoPreview(Exception):
     """The image cannot be made into a thumbnail (unreadable, or too many pixels)."""
-
-
-def off_loop(fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in gevent's thread pool when the process runs gevent, else here."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a runtime dependency
-        return fn(*args)
-    if monkey.is_module_patched("socket"):
-        import gevent
-
-        return gevent.get_hub().threadpool.apply(fn, args)
-    return fn(*args)
 
 
 def render(source: Path, dest_dir: Path) -> tuple[Path, int, int]:

@@ -18,6 +18,7 @@ from werkzeug.datastructures import FileStorage
 
 from settings import Settings
 from web.errors import ApiError
+from web.offloop import off_loop
 
 # Pillow format -> stored file extension.
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp",
@@ -90,7 +91,7 @@ def save_uploads(files: list[FileStorage], settings: Settings) -> list[StoredIma
                            f"{settings.max_image_bytes // (1024 * 1024)} MB")
         if not data:
             raise ApiError("invalid", f"{name} is empty")
-        image = check_image(data, name, settings.max_image_pixels)
+        image = off_loop(check_image, data, name, settings.max_image_pixels)  # decodes: CPU
         job_pixels += image.width * image.height
         if job_pixels > settings.max_job_pixels:
             raise ApiError("too_large", f"the images of one job may have at most "
