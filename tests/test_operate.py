@@ -20,7 +20,8 @@ TASK = "skald.caption_job"
 @pytest.fixture(scope="module")
 def people(users):
     return {"admin": users("op-admin", admin=True)["headers"],
-            "viewer": users("op-viewer", role="viewer")["headers"]}
+            "viewer": users("op-viewer", role="viewer")["headers"],
+            "user": users("op-user")["headers"]}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,9 @@ def test_inspection_fields(stack, people, hosts):
     assert "redis://" in w["conf"]["broker_url"]
     # An admin reads the same; a plain user may not.
     assert get(stack, f"/api/workers/{hosts['a']}", "admin", people).status_code == 200
+    for path in (f"/api/workers/{hosts['a']}", "/api/queues", f"/admin/workers/{hosts['a']}"):
+        assert get(stack, path, "user", people).status_code == 403, path
+    assert act(stack, people, hosts["a"], {"action": "pool_grow", "n": 1}, who="user").status_code == 403
 
 
 def test_unknown_worker(stack, people, hosts):

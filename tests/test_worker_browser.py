@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import requests
 
 from tests.a11y import check
 from tests.support import CHROMIUM, wait_for
@@ -45,7 +46,7 @@ def reply_text(page, action: str) -> str:
 
 
 def test_the_worker_page_as_an_admin(stack, users, browser, opw, tmp_path):
-    users("page-admin", admin=True, password=PASSWORD)
+    boss = users("page-admin", admin=True, password=PASSWORD)
     page = login(browser, stack, "page-admin", "/admin")
     try:
         link = page.locator("[data-testid^='worker-row-opw@'] [data-testid=worker-link]")
@@ -78,6 +79,22 @@ def test_the_worker_page_as_an_admin(stack, users, browser, opw, tmp_path):
         page.click("[data-testid=action-autoscale]")  # refused: the worker runs without --autoscale
         page.wait_for_selector("[data-testid=reply][data-action=autoscale][data-ok='0']", timeout=15_000)
         assert "Autoscale not enabled" in reply_text(page, "autoscale")
+        # Limits per task type, from the same page (and back to none).
+        page.select_option("[data-testid=limit-task]", "skald.caption_job")
+        page.fill("[data-testid=limit-rate]", "10/m")
+        page.click("[data-testid=set-rate_limit]")
+        assert "new rate limit set successfully" in reply_text(page, "rate_limit")
+        page.fill("[data-testid=limit-rate]", "10/x")
+        page.click("[data-testid=set-rate_limit]")
+        page.wait_for_selector("[data-testid=reply][data-action=rate_limit][data-ok='0']", timeout=10_000)
+        page.fill("[data-testid=limit-rate]", "")
+        page.click("[data-testid=set-rate_limit]")
+        page.wait_for_function("document.querySelector('[data-testid=reply][data-action=rate_limit]')"
+                               ".textContent.includes('disabled')", timeout=15_000)
+        page.fill("[data-testid=limit-soft]", "50")
+        page.fill("[data-testid=limit-hard]", "60")
+        page.click("[data-testid=set-time_limit]")
+        assert "time limits set successfully" in reply_text(page, "time_limit")
         check(page, "the worker page with replies")
         page.screenshot(path=str(tmp_path / "worker.png"), full_page=True)
 
@@ -98,6 +115,9 @@ def test_the_worker_page_as_an_admin(stack, users, browser, opw, tmp_path):
         assert page.errors == []
     finally:
         page.close()
+        for kind, body in (("time_limit", {"soft": None, "hard": None}), ("rate_limit", {"rate_limit": None})):
+            requests.post(f"{stack}/api/task-types/skald.caption_job/{kind}", json=body,
+                          headers=boss["headers"], timeout=20)
 
 
 def test_the_worker_page_is_read_only_for_a_viewer(stack, users, browser, worker):

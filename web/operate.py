@@ -58,6 +58,12 @@ def _stored(hostname: str) -> dict[str, Any] | None:
     return next((w for w in _stored_workers() if w.get("hostname") == hostname), None)
 
 
+def _retries(stored: dict[str, Any] | None) -> int | None:
+    """The contract's one retry for a worker the bridge holds online; none for one it
+    never heard of or saw go (an answer is unlikely: the page polls, so be quick)."""
+    return None if stored and stored.get("online") else 0
+
+
 def _fields(hostname: str, stored: dict[str, Any] | None, answered: bool) -> dict[str, Any]:
     """The bridge's fields of a worker; an answering worker the bridge never heard of
     (no events yet) is online with nothing else known."""
@@ -92,8 +98,7 @@ def get_worker(hostname: str):
     """``{"worker": {...}}`` (PROTOCOL.md, "Operating the cluster")."""
     stored = _stored(hostname)
     try:
-        info = control.inspect_worker(services().inspector, hostname,
-                                      retries=None if stored else 0)
+        info = control.inspect_worker(services().inspector, hostname, retries=_retries(stored))
     except control.NoReply:
         if stored is None:
             raise ApiError("not_found", "no such worker") from None
@@ -116,7 +121,7 @@ def control_worker(hostname: str):
     params = {k: v for k, v in arguments.items() if v is not None}
     try:
         reply = control.control(services().inspector, hostname, action, arguments,
-                                retries=None if stored else 0)
+                                retries=_retries(stored))
     except control.NoReply:
         if stored is None:
             raise ApiError("not_found", "no such worker") from None

@@ -3,7 +3,8 @@
  * GET /api/workers/<hostname> fills the fields, queues, registered tasks, stats and
  * conf (on load, every REFRESH_MS, after each action, and on Refresh). Admins get
  * the control buttons: POST /api/workers/<hostname>/control, each reply (or refusal)
- * added to the Replies log; shutdown asks for confirmation in the page first.
+ * added to the Replies log; shutdown asks for confirmation in the page first; and
+ * limits per task type (POST /api/task-types/<name>/rate_limit and /time_limit).
  * A worker that does not answer (504) shows what the bridge last stored.
  * Data is only ever written with textContent.
  */
@@ -73,6 +74,17 @@
     });
     list.replaceChildren.apply(list, items);
     U.$("registered-count").textContent = String(items.length);
+    var select = U.$("limit-task");
+    if (select && Array.isArray(names)) {
+      var chosen = select.value;
+      select.replaceChildren.apply(select, names.map(function (n) {
+        var option = document.createElement("option");
+        option.value = n;
+        option.textContent = n;
+        return option;
+      }));
+      if (names.indexOf(chosen) >= 0) select.value = chosen;
+    }
   }
 
   function render(w) {
@@ -145,6 +157,34 @@
     });
   }
 
+  /** POST /api/task-types/<name>/<kind>; the replies summed up as "N workers: text". */
+  function limit(kind) {
+    var name = U.$("limit-task").value;
+    var body;
+    if (kind === "rate_limit") {
+      body = { rate_limit: U.$("limit-rate").value.trim() || null };
+    } else {
+      body = { soft: U.num(U.$("limit-soft").value), hard: U.num(U.$("limit-hard").value) };
+    }
+    reply(kind, "sent…", true);
+    var pending = U.$("replies").firstElementChild;
+    return S.apiFetch("/api/task-types/" + encodeURIComponent(name) + "/" + kind, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body)
+    }).then(function (result) {
+      pending.remove();
+      if (!result.ok || !result.data) { reply(kind, S.errorMessage(result, "The change failed."), false); return; }
+      var texts = {};
+      Object.keys(result.data.replies || {}).forEach(function (host) {
+        var r = result.data.replies[host] || {};
+        var text = r.ok ? String(r.ok) : "refused: " + String(r.error || JSON.stringify(r));
+        texts[text] = (texts[text] || 0) + 1;
+      });
+      reply(kind, name + ": " + Object.keys(texts).map(function (t) {
+        return texts[t] + (texts[t] === 1 ? " worker: " : " workers: ") + t;
+      }).join("; "), true);
+    });
+  }
+
   function count(id) {
     var n = U.num(U.$(id).value);
     return n === null ? U.$(id).value : Math.round(n);
@@ -160,7 +200,10 @@
         else act(action);
       });
     });
-    ["control-form", "autoscale-form", "consumer-form"].forEach(function (id) {
+    document.querySelectorAll("[data-limit]").forEach(function (button) {
+      button.addEventListener("click", function () { limit(button.getAttribute("data-limit")); });
+    });
+    ["control-form", "autoscale-form", "consumer-form", "limits-form"].forEach(function (id) {
       U.$(id).addEventListener("submit", function (e) { e.preventDefault(); });
     });
     var ask = U.$("shutdown-ask"), confirmBox = U.$("shutdown-confirm");
