@@ -7,11 +7,15 @@ answers over HTTP; the real bridge supplies the stored worker fields.
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 import requests
+from kombu import Queue
 
+from tasks.app import make_celery
 from tests.support import wait_for
+from tests.test_backends import AMQP_URL, answers
 from web import control
 
 TASK = "skald.caption_job"
@@ -143,7 +147,6 @@ def test_consumers_and_queues(stack, people, hosts):
 
 
 def test_priority_messages_counted(settings):
-    from tasks.app import make_celery
     app = make_celery(settings)
     for priority in (0, 5, 9):
         app.send_task("nobody.runs.this", queue="op-waiting", priority=priority)
@@ -242,3 +245,21 @@ def test_shutdown_one_worker(stack, people, hosts, procs):
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
     assert resp.json()["worker"]["online"] is False
     assert act(stack, people, hosts["b"], {"action": "pool_grow", "n": 1}).status_code == 504
+
+
+def test_queue_lengths_on_rabbitmq(settings):
+    """The same passive queue_declare on AMQP: the server's count; an absent queue is 0
+    (the error closes the channel there, and the next queue gets a fresh one)."""
+    if not answers(5672):
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    app = make_celery(settings.with_overrides(broker_url=AMQP_URL))
+    name = f"op-amqp-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        Queue(name, channel=conn.default_channel, auto_delete=False).declare()
+        try:
+            for _ in range(2):
+                app.send_task("nobody.runs.this", queue=name, connection=conn)
+            wait_for(lambda: control.queue_lengths(app, [name])[name] == 2, 5, what="the count")
+            assert control.queue_lengths(app, [f"{name}-absent", name]) == {f"{name}-absent": 0, name: 2}
+        finally:
+            conn.default_channel.queue_delete(name)
