@@ -162,7 +162,7 @@ def webhook_stack(tmp_path_factory):
     receiver = Receiver()
     stack = Stack(tmp_path_factory.mktemp("webhook"), worker_offline_after=1.0)
     stack.env.update({"ALERT_WEBHOOK_URL": receiver.url, "WORKER_OFFLINE_AFTER": "1",
-                      "QUEUE_POLL_SECONDS": "0.5"})
+                      "QUEUE_POLL_SECONDS": "0.5", "ALERT_QUEUE_BACKLOG": "3"})
     try:
         stack.procs.start_worker("hooked", stack.env, stack.settings, concurrency=1,
                                  extra=["-Q", "celery,hook-reports"])
@@ -189,3 +189,18 @@ def test_a_killed_worker_reaches_the_webhook(webhook_stack):
     alert = got[0]
     assert alert["hostname"].startswith("hooked@") and alert["level"] == "critical"
     assert "hooked@" in alert["text"] and "heartbeats" in alert["message"]
+
+
+def test_a_backlog_in_a_queue_only_a_dead_worker_consumed_reaches_the_webhook(webhook_stack):
+    """No configuration names ``hook-reports``: the bridge learnt it from the worker, and
+    keeps probing it after that worker died, so its backlog still raises the alert."""
+    stack, receiver = webhook_stack
+    from tasks.app import make_celery
+
+    app = make_celery(stack.settings)
+    for _ in range(4):
+        app.send_task("reports.build", queue="hook-reports")
+    got = wait_for(lambda: [b for b in receiver.bodies if b.get("kind") == "queue_backlog"], 20,
+                   what="the backlog alert at the webhook")
+    assert got[0]["queues"]["hook-reports"] >= 3 and got[0]["queued"] >= 3
+    assert got[0]["text"].startswith(":warning: Skald warning:")
