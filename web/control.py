@@ -177,16 +177,17 @@ def control(inspector: Inspector, hostname: str, action: str, arguments: dict[st
             retries: int | None = None) -> Any:
     """Carry out ``action`` on one worker; its reply (``{"ok": text}``).
 
-    ``shutdown`` gets no reply from Celery (the worker exits while answering), so the
-    worker is pinged first: an unreachable worker is still a :class:`NoReply`.
+    The worker is pinged first (with the retries): an action is sent once only, never
+    retried, since a late reply would otherwise grow a pool twice. ``shutdown`` gets
+    no reply from Celery (the worker exits while answering).
     """
+    if hostname not in inspector.broadcast("ping", {}, destination=hostname, retries=retries):
+        raise NoReply(hostname)
     if action == "shutdown":
-        if hostname not in inspector.broadcast("ping", {}, destination=hostname, retries=retries):
-            raise NoReply(hostname)
         inspector.celery.control.broadcast("shutdown", destination=[hostname], reply=False)
         inspector.forget()
         return {"ok": "shutdown requested"}
-    replies = inspector.broadcast(action, arguments, destination=hostname, retries=retries)
+    replies = inspector.broadcast(action, arguments, destination=hostname, retries=0)
     if hostname not in replies:
         raise NoReply(hostname)
     return _outcome(replies[hostname])
