@@ -1,7 +1,7 @@
 """Operating the cluster against real workers (PROTOCOL.md, "Operating the cluster").
 
-Two workers of this module's own (``opa``, ``opb``) beside the session's ``w1``:
-actions target one and the other is checked untouched. The real web process
+Two workers of this module's own (``opa``, ``opb`` with ``--autoscale=2,1``) beside the
+session's ``w1``: actions target one and the other is checked untouched. The real web process
 answers over HTTP; the real bridge supplies the stored worker fields.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def people(users):
 def hosts(stack, procs, env, settings, people):
     """``{"a": hostname, "b": hostname}`` once the bridge lists both online."""
     started = [procs.start_worker("opa", env, settings, concurrency=2),
-               procs.start_worker("opb", env, settings, concurrency=1)]
+               procs.start_worker("opb", env, settings, concurrency=1, extra=["--autoscale=2,1"])]
 
     def online() -> dict[str, str] | None:
         workers = requests.get(f"{stack}/api/workers", headers=people["viewer"], timeout=5).json()["workers"]
@@ -162,6 +162,20 @@ def test_pool_restart_and_refusals(stack, people, hosts):
     assert resp.status_code == 409 and "Autoscale not enabled" in resp.json()["error"]["message"]
     assert audit_entries(stack, people, "autoscale")[0]["result"].startswith("refused: ")
     assert audit_entries(stack, people, "pool_restart")[0]["result"] == "ok: reload started"
+
+
+def test_autoscale(stack, people, hosts):
+    resp = act(stack, people, hosts["b"], {"action": "autoscale", "max": 3, "min": 2})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["reply"] == {"ok": "autoscale now max=3 min=2"}
+    wait_for(lambda: len(detail(stack, people, hosts["b"])["pool"]["processes"]) == 2, 15,
+             interval=0.5, what="the new minimum of processes")
+    # An autoscaled pool is not grown by hand: the worker says so.
+    resp = act(stack, people, hosts["b"], {"action": "pool_grow", "n": 1})
+    assert resp.status_code == 409 and "autoscale" in resp.json()["error"]["message"]
+    entry = audit_entries(stack, people, "autoscale")[0]
+    assert (entry["target"], entry["params"], entry["result"]) == (
+        hosts["b"], {"max": 3, "min": 2}, "ok: autoscale now max=3 min=2")
 
 
 BAD_ACTIONS = [
