@@ -61,3 +61,5 @@ result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 event_queue_expires = 60.0
 event_queue_ttl = 5.0
 worker_hijack_root_logger = False
+# The operator's pool_restart (POST /api/workers/<hostname>/control) needs it.
+worker_pool_restarts = True

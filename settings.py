@@ -188,6 +188,13 @@ class Settings:
             "only from update_state (celery-progress's way): one MGET for all of them")
     # -- operator view (bridge/cluster.py) ---------------------------------------------------------
     worker_offline_after: float = env("WORKER_OFFLINE_AFTER", 10.0, number(0.1))
+    worker_forget_after: float = env("WORKER_FORGET_AFTER", 86400.0, number(1),
+                                     doc="s a worker stays listed after it went offline")
+    alert_webhook_url: str | None = env("ALERT_WEBHOOK_URL", None,
+                                        doc="every admin_alert is also POSTed here as JSON "
+                                            "(with a Slack-compatible text); unset: none")
+    alert_webhook_timeout: float = env("ALERT_WEBHOOK_TIMEOUT", 5.0, number(0.1, 60),
+                                       doc="s one webhook POST may take")
     failure_burst: int = env("ALERT_FAILURE_BURST", 5, integer(1),
                              doc="failures within failure_window s make a failure_burst alert")
     failure_window: float = env("ALERT_FAILURE_WINDOW", 60.0, number(1))

@@ -44,7 +44,6 @@ HISTORY_STEP = 5.0         # s between history points (charts of the last minute
 HISTORY_LEN = 180          # points kept: 15 minutes
 HISTORY_COLUMNS = ("t", "events_per_second", "tasks_per_minute", "active_jobs", "queued",
                    "failed_per_minute")
-WORKERS_PUSHED = 200       # workers carried by each system_metrics_update
 RATE_WINDOW = 10           # s over which events_per_second is averaged
 
 
@@ -76,15 +75,17 @@ class Cluster:
     """Workers and task counters of the whole cluster, with alerts.
 
     Defaults: ``offline_after`` 10 s (Celery heartbeats every 2 s), the alert
-    thresholds of bridge/alerts.py, at most 1 000 workers and 100 task names.
+    thresholds of bridge/alerts.py, at most 1 000 workers and 100 task names; a
+    worker offline for a day (``forget_after``) is forgotten. Every known worker
+    rides on each ``system_metrics_update`` (no cap below ``max_workers``).
     """
 
     def __init__(self, *, offline_after: float = 10.0, max_workers: int = 1000,
-                 max_names: int = 100, clock: Callable[[], float] = time.time,
-                 **thresholds: Any) -> None:
+                 forget_after: float = 86400.0, max_names: int = 100,
+                 clock: Callable[[], float] = time.time, **thresholds: Any) -> None:
         self.clock = clock
         self.max_names = max_names
-        self.workers = Workers(offline_after, max_workers)
+        self.workers = Workers(offline_after, max_workers, forget_after)
         self.alerts = alerts.Alerts(**thresholds)
         self._names: set[str] = set()
         self.open_counts: dict[tuple[str, str], int] = {}   # (state, name) -> open tasks
@@ -160,6 +161,7 @@ class Cluster:
         now = self.clock() if now is None else now
         self._roll_day(now)
         out = [self.alerts.worker_silent(w, now) for w in self.workers.expire(now)]
+        self.workers.forget(now)
         out += self.alerts.backlog(self.queues, now)
         if self.backlog == 0 and now - self._last_event >= alerts.IDLE_AFTER:
             self.lag = 0.0
@@ -170,7 +172,7 @@ class Cluster:
             self._next_sample = now + HISTORY_STEP
             self.history_changed = True
         out.append(Update(SYSTEM_METRICS_UPDATE, ADMIN_ROOM, "metrics",
-                          {"metrics": metrics, "workers": self.workers.as_list()[:WORKERS_PUSHED]}))
+                          {"metrics": metrics, "workers": self.workers.as_list()}))
         return out
 
     # -- outputs ------------------------------------------------------------------------------

@@ -131,7 +131,8 @@ class Processor:
         s = settings
         self.clock = clock
         self.board = Board(s.bridge_max_tasks, clock)
-        self.cluster = Cluster(offline_after=s.worker_offline_after, failure_burst=s.failure_burst,
+        self.cluster = Cluster(offline_after=s.worker_offline_after,
+                               forget_after=s.worker_forget_after, failure_burst=s.failure_burst,
                                failure_window=s.failure_window, queue_backlog=s.queue_backlog,
                                lag_alert=s.bridge_lag_alert, backlog_alert=s.bridge_backlog_alert,
                                clock=clock)

@@ -10,6 +10,15 @@ a kombu channel is a cycle of objects (channel, pools, clients), so a channel
 per probe would be garbage that only the collector frees, and the bridge's GC
 policy (gcpolicy.py) keeps such garbage for up to a quarter of an hour
 (tests/test_queues.py counts it).
+
+Which queues: the configured ones, plus every queue an online worker consumes
+(a worker started with ``-Q reports``, a consumer added by an operator). The
+bridge learns those by asking the workers themselves (:func:`consumed_names`,
+Celery's ``active_queues``) from its gauges thread whenever the set of online
+workers changes and every :data:`DISCOVER_SECONDS`: worker events do not name
+queues, and a key written by the web would only be as fresh as the last
+operator page. A queue once seen stays probed (bounded by :data:`MAX_QUEUES`),
+so a queue whose consumers all died still raises the backlog alert.
 """
 from __future__ import annotations
 
@@ -17,11 +26,25 @@ import logging
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
+from kombu.exceptions import KombuError, OperationalError
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUES = 20   # queue names probed at most (they are label values in /metrics)
+MAX_QUEUES = 100        # queue names probed at most (they are label values in /metrics)
+DISCOVER_SECONDS = 30.0  # s between asking the workers which queues they consume
+DISCOVER_TIMEOUT = 1.0   # s such a question waits for the online workers' replies
+
+
+def consumed_names(app: Celery, expect: int | None, timeout: float = DISCOVER_TIMEOUT) -> set[str]:
+    """Queues the workers that answer consume (``expect``: how many are online, so the
+    question ends at their last reply); empty when none answer or the broker is away."""
+    try:
+        replies = app.control.inspect(timeout=timeout, limit=expect).active_queues() or {}
+    except (KombuError, OSError) as exc:
+        log.warning("cannot ask workers for their queues: %s", exc)
+        return set()
+    return {q["name"] for queues in replies.values() if isinstance(queues, list)
+            for q in queues if isinstance(q, dict) and isinstance(q.get("name"), str)}
 
 
 def queue_names(app: Celery) -> list[str]:
@@ -42,6 +65,12 @@ class QueueProbe:
         self.names = names or queue_names(app)
         self._conn: Any = None
         self._channel: Any = None
+
+    def add_names(self, names: set[str]) -> list[str]:
+        """Probe ``names`` too from now on (up to :data:`MAX_QUEUES` in all); the new ones."""
+        added = [n for n in sorted(names - set(self.names))][:max(0, MAX_QUEUES - len(self.names))]
+        self.names.extend(added)
+        return added
 
     def lengths(self) -> dict[str, int] | None:
         """``{queue: messages waiting}``, or None when the broker cannot be read."""

@@ -6,6 +6,9 @@ While this bridge holds the lease (bridge/lease.py), its threads are:
 - ``gauges`` reads the broker's queue lengths and the web processes' watcher
   counts every few seconds and hands them over whole (an atomic swap);
 - ``lease`` renews the lease; a bridge that loses it steps down;
+- ``alert-webhook`` (bridge/webhook.py, with ``ALERT_WEBHOOK_URL``) POSTs every
+  ``admin_alert`` once it is published, from a bounded queue: a slow or failing
+  endpoint never delays this loop;
 - this one (:meth:`Bridge.loop`) takes the queued items in batches, reads from
   the result backend what the processor's step needs, runs the pure step
   (bridge/processor.py), carries out its effects (cancel flags, revokes,
@@ -49,9 +52,11 @@ from bridge.processor import (
     may_end,
     size,
 )
-from bridge.queues import QueueProbe
+from bridge.queues import DISCOVER_SECONDS, QueueProbe, consumed_names
 from bridge.receiver import event_reader
 from bridge.records import RecordWriter
+from bridge.webhook import Webhook
+from protocol import ADMIN_ALERT
 from settings import Settings
 from tasks.app import make_celery
 
@@ -78,6 +83,9 @@ class Bridge:
         self.processor = Processor(settings, clock)
         self.queue: queue.Queue[Item] = queue.Queue(QUEUE_MAX)
         self.gauges: tuple[dict[str, int] | None, int] | None = None  # swapped whole
+        self.webhook: Webhook | None = None
+        if settings.alert_webhook_url:
+            self.webhook = Webhook(settings.alert_webhook_url, settings.alert_webhook_timeout).start()
 
     # -- leadership ------------------------------------------------------------
     def run(self) -> None:
@@ -114,6 +122,8 @@ class Bridge:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.webhook is not None:
+            self.webhook.stop()
 
     # -- active ------------------------------------------------------------------
     def _run_active(self) -> None:
@@ -183,14 +193,22 @@ class Bridge:
                 backoff = min(backoff * 2, 5.0)
 
     def _poll_gauges(self, lost: threading.Event) -> None:
-        """Watcher counts every second; broker queue lengths every ``queue_poll_seconds``."""
+        """Watcher counts every second; broker queue lengths every ``queue_poll_seconds``,
+        over the configured queues and those the online workers consume (bridge/queues.py)."""
         probe = QueueProbe(self.app)
         lengths: dict[str, int] | None = None
-        next_probe = 0.0
+        next_probe = next_discover = 0.0
+        online: tuple[str, ...] = ()
         try:
             while not lost.is_set() and not self.stop_event.is_set():
                 now = time.monotonic()
                 if now >= next_probe:
+                    hosts = self._online_hosts()
+                    if hosts and (hosts != online or now >= next_discover):
+                        added = probe.add_names(consumed_names(self.app, len(hosts)))
+                        if added:
+                            log.info("probing the queues workers consume: %s", ", ".join(added))
+                        online, next_discover = hosts, time.monotonic() + DISCOVER_SECONDS
                     lengths = probe.lengths()
                     next_probe = now + self.settings.queue_poll_seconds
                 watchers = self.gauges[1] if self.gauges else 0
@@ -204,6 +222,15 @@ class Bridge:
                 lost.wait(1.0)
         finally:
             probe.close()
+
+    def _online_hosts(self) -> tuple[str, ...]:
+        """Hostnames of the workers stored as online (empty when Redis cannot be read)."""
+        try:
+            return tuple(sorted(w["hostname"] for w in store.read_workers(self.client)
+                                if w.get("online") and isinstance(w.get("hostname"), str)))
+        except redis.RedisError as exc:
+            log.warning("cannot read the stored workers: %s", exc)
+            return ()
 
     def _renew(self, lost: threading.Event) -> None:
         interval = self.settings.leader_ttl_seconds / 3
@@ -290,8 +317,12 @@ class Bridge:
         while True:
             try:
                 self.publisher.send(out.updates, out.records, extra=extra)
-                return
+                break
             except redis.RedisError as exc:
                 log.warning("cannot publish (%s); retrying", exc)
                 if self.stop_event.wait(RETRY_WAIT):
                     return
+        if self.webhook is not None:
+            for update in out.updates:
+                if update.event == ADMIN_ALERT:
+                    self.webhook.send(update.payload)

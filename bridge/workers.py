@@ -5,7 +5,10 @@ a ``worker-offline`` event or until no heartbeat came for
 ``max(offline_after, 2.5 * freq)`` seconds (a dead worker sends nothing).
 Liveness uses the bridge's own clock when each event is applied, so worker
 clock skew cannot mark a live worker offline. At most ``max_workers`` are
-kept (offline ones with the oldest heartbeat evicted first).
+kept (offline ones with the oldest heartbeat evicted first), and a worker offline
+for longer than ``forget_after`` seconds (``WORKER_FORGET_AFTER``, default a day)
+is dropped from the view (:meth:`Workers.forget`): a host that was replaced
+does not stay listed for ever.
 """
 from __future__ import annotations
 
@@ -63,9 +66,11 @@ def loadavg(value: Any) -> list[float]:
 class Workers:
     """Every known worker by hostname; ``changed`` says the stored list is stale."""
 
-    def __init__(self, offline_after: float = 10.0, max_workers: int = 1000) -> None:
+    def __init__(self, offline_after: float = 10.0, max_workers: int = 1000,
+                 forget_after: float = 86400.0) -> None:
         self.offline_after = offline_after
         self.max_workers = max_workers
+        self.forget_after = forget_after
         self._by_host: dict[str, Worker] = {}
         self.changed = True
 
@@ -118,6 +123,17 @@ class Workers:
                 if w.online and now - w.seen_at > max(self.offline_after, 2.5 * w.freq)]
         for worker in gone:
             worker.online, worker.offline_reason = False, "heartbeat"
+            self.changed = True
+        return gone
+
+    def forget(self, now: float) -> list[str]:
+        """Drop workers offline for longer than ``forget_after`` (by their last heartbeat,
+        on the bridge's clock); their hostnames."""
+        gone = [w.hostname for w in self._by_host.values()
+                if not w.online and now - w.seen_at > self.forget_after]
+        for host in gone:
+            del self._by_host[host]
+        if gone:
             self.changed = True
         return gone
 

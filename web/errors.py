@@ -36,10 +36,12 @@ STATUS = {
     "rate_limited": 429,
     "maintenance": 503,
     "unavailable": 503,
+    "timeout": 504,     # a worker did not answer (web/control.py)
 }
 _BY_STATUS = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "invalid", 409: "conflict", 413: "too_large", 415: "unsupported",
-              429: "rate_limited", 503: "unavailable"}
+              429: "rate_limited", 503: "unavailable",
+              504: "timeout"}
 
 
 class ApiError(Exception):

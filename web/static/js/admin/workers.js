@@ -1,4 +1,5 @@
-/* Skald operator view: the workers table (replaced on every system_metrics_update). */
+/* Skald operator view: the workers table (replaced on every system_metrics_update); each
+ * hostname links to the worker's own page (/admin/workers/<hostname>). */
 (function () {
   "use strict";
   var A = window.SkaldAdmin, U = A.util;
@@ -13,7 +14,11 @@
       var host = document.createElement("th");
       host.scope = "row";
       host.setAttribute("data-testid", "worker-host");
-      host.textContent = w.hostname;
+      var link = document.createElement("a");
+      link.href = "/admin/workers/" + encodeURIComponent(w.hostname);
+      link.textContent = w.hostname;
+      link.setAttribute("data-testid", "worker-link");
+      host.append(link);
       var status = U.cell(w.online ? "online" : "offline", "worker-status");
       status.className = w.online ? "ok" : "bad";
       tr.append(host, status, U.cell(w.active), U.cell(w.processed), U.cell(U.loads(w.loadavg)),
