@@ -136,6 +136,10 @@ class Ops:
     def zremrangebyrank(self, key: str, start: int, end: int) -> None:
         self._add("ZREMRANGEBYRANK", key, start, end)
 
+    def raw(self, *cmd: Any) -> None:
+        """Any other command, as (name, arg, ...) (the explorer's index: bridge/records.py)."""
+        self._add(*cmd)
+
     def publish(self, channel: str, message: str) -> None:
         self._add("PUBLISH", channel, message)
 

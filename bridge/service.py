@@ -282,9 +282,12 @@ class Bridge:
         """Updates, records and cluster state in the lease-checked script; retried while
         Redis is away (a deposed bridge raises :class:`LeaseLost`)."""
         extra = None
-        if out.cluster is not None:
+        if out.cluster is not None or out.unindex:
             extra = Ops()
-            records.put_cluster(extra, **out.cluster)
+            if out.cluster is not None:
+                records.put_cluster(extra, **out.cluster)
+            for task_id, entry in out.unindex:  # evicted tasks leave the explorer's index
+                self.writer.unindex(extra, task_id, entry)
         if not out.updates and not out.records and extra is None:
             return
         while True:
