@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 import protocol
 from tasks.events import CAPTION_TASK_NAME
-from tasks.models import Caption, Image, Job
+from tasks.models import Image, Job
 from web import audit, control, jobs
 from web.errors import ApiError
 from web.explorer import find_record
@@ -139,15 +139,18 @@ def original_call(svc: Services, task_id: str, detail: dict) -> tuple[list, dict
     return args, kwargs, queue
 
 
-def uncaptioned(db, job: Job) -> list[Image]:
-    """The job's images with no caption text (never captioned, or failed)."""
+def uncaptioned(db, job: Job, depth: int = 0) -> list[Image]:
+    """The job's images with no caption text (never captioned, or failed), leaving out
+    those a job that resumed it (and so on, 10 deep) has captioned since."""
     rows = db.scalars(select(Image).where(Image.job_id == job.id).order_by(Image.position)).all()
-    out = []
-    for image in rows:
-        caption: Caption | None = image.caption
-        if caption is None or caption.text is None:
-            out.append(image)
-    return out
+    missing = [i for i in rows if i.caption is None or i.caption.text is None]
+    if not missing or depth >= 10:
+        return missing
+    done: set[str] = set()
+    for later in db.scalars(select(Job).where(Job.retry_of == job.task_id)).all():
+        left = {i.path for i in uncaptioned(db, later, depth + 1)}
+        done |= {i.path for i in later.images} - left
+    return [i for i in missing if i.path not in done]
 
 
 def resume_job(svc: Services, job: Job, by: str) -> Job:
@@ -232,6 +235,19 @@ def _json_arg(body: dict, key: str, kind: type, default: Any) -> Any:
     return value
 
 
+def queue_for(svc: Services, name: str) -> str | None:
+    """A queue consumed by an online worker that registers ``name`` (its first one), so an
+    applied task without a queue goes where it can run; None: Celery's routing decides."""
+    hosts = sorted(host for host, names in svc.inspector.ask("registered").items()
+                   if name in {str(t).split(" ", 1)[0] for t in names or ()})
+    queues = svc.inspector.ask("active_queues")
+    for host in hosts:
+        for q in queues.get(host) or ():
+            if isinstance(q, dict) and isinstance(q.get("name"), str):
+                return q["name"]
+    return None
+
+
 @bp.post("/api/tasks/apply")
 @require(ACT_ALL)
 def apply_task():
@@ -254,6 +270,8 @@ def apply_task():
     svc = services()
     try:
         registered = svc.inspector.registered_names()
+        if name in registered and queue is None:
+            queue = queue_for(svc, name)
     except SEND_ERRORS as exc:
         raise ApiError("unavailable", "cannot ask the workers; try again") from exc
     if name not in registered:
