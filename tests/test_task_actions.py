@@ -170,15 +170,23 @@ def test_a_viewer_is_refused_every_action(cluster, people):
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium")
 def test_the_task_page_shows_the_detail_and_terminates(cluster, people, browser):
     admin = people["admin"]
-    task_id = apply(cluster, admin, name="example.count", kwargs={"total": 300, "delay": 0.1}).json()["task_id"]
+    task_id = apply(cluster, admin, name="example.count", kwargs={"total": 300, "delay": 0.1013}).json()["task_id"]
     wait_state(cluster, admin, task_id, ("STARTED", "PROGRESS"))
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{cluster}/login?next=/admin/tasks/{task_id}")
     page.fill("input[name=username]", admin["name"])
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
+    page.wait_for_url(f"{cluster}/admin/tasks/{task_id}")
+    page.goto(f"{cluster}/admin")  # the list finds it by a kwarg value, and links to its page
+    page.fill("[data-testid=filter-search]", "0.1013")
+    row = page.wait_for_selector(f"[data-testid=task-row-{task_id}]:visible", timeout=10_000)
+    assert page.locator("#tasks tr:visible").count() == 1
+    row.click()
+    page.wait_for_selector(f"[data-testid=detail-page][href='/admin/tasks/{task_id}']")
+    page.click("[data-testid=detail-page]")
     page.wait_for_url(f"{cluster}/admin/tasks/{task_id}")
     assert page.inner_text("[data-testid=task-name]") == "example.count"
     assert "'total': 300" in page.inner_text("[data-testid=task-kwargs]")

@@ -38,7 +38,7 @@ TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,155}$")  # Celery ids: UUIDs or cu
 @bp.get("/admin")
 @require(VIEW_ALL)
 def admin_page():
-    return render_template("admin.html", states=protocol.STATES,
+    return render_template("admin.html", states=protocol.STATES, sorts=protocol.SORTS,
                            can_act=can(current_user, ACT_ALL))
 
 
