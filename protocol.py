@@ -176,6 +176,7 @@ IX_NAMES = "skald:ix:names"
 IX_WORKERS = "skald:ix:workers"
 IX_STARTED = "skald:ix:started"
 IX_RUNTIME = "skald:ix:runtime"
+IX_READY = "skald:ix:ready"   # set once the index covers the stored records (a backfill ran)
 FACETS = ("state", "name", "worker")
 SORTS = ("received", "started", "updated", "runtime", "name", "state")
 

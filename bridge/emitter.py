@@ -226,6 +226,11 @@ class Publisher:
                 return
             start += self.chunk
 
+    def run(self, ops: Ops) -> None:
+        """Run collected commands alone, lease-checked (e.g. an index backfill)."""
+        if ops.count:
+            self._run(ops)
+
     def _run(self, ops: Ops) -> None:
         result = self._script(keys=[self.lease_key], args=[self.lease_token, ops.count, *ops.args])
         if result == -1:

@@ -83,6 +83,14 @@ def index(ops: Any, member: bytes, was: tuple | None, now: tuple | None) -> None
         add(*cmd)
 
 
+def backfill(ops: Any, records: list[Record]) -> None:
+    """Add the index entries of stored ``records`` (a store written before the index
+    existed: a bridge upgraded in place); then mark the index ready."""
+    for record in records:
+        index(ops, protocol.member_of(record["snapshot"]["task_id"]), None,
+              protocol.index_entry(record))
+
+
 def put_cluster(ops: Any, *, metrics: dict | None = None, workers: list | None = None,
                 stats: dict | None = None, history: list | None = None,
                 alerts: list | None = None, ttl: int = protocol.CLUSTER_TTL) -> None:

@@ -266,3 +266,19 @@ def test_evicted_tasks_leave_the_index(rc):
             continue
         members |= {protocol.task_of_member(m) for m in rc.zrange(key, 0, -1)}
     assert members == set(ids[-20:])
+
+
+def test_a_store_from_before_the_index_is_backfilled(rc):
+    from bridge.records import backfill
+    from bridge.store import SnapshotStore
+
+    rng = random.Random(13)
+    feed = Feed(rc)
+    ids = [feed.task(rng) for _ in range(30)]
+    for key in list(rc.scan_iter("skald:ix:*")):  # as an older bridge left it: records only
+        rc.delete(key)
+    assert Explorer(rc).page(Query()).tasks == []
+    ops = Ops()
+    backfill(ops, SnapshotStore(rc).recent(100))
+    Publisher(rc, RecordWriter()).run(ops)
+    assert sorted(r["task_id"] for r in walk(Explorer(rc), Query(limit=7))) == sorted(ids)
