@@ -199,3 +199,57 @@ def test_the_task_page_shows_the_detail_and_terminates(cluster, people, browser)
     check(page, "the task page after the actions")
     assert not errors
     page.close()
+
+
+# -- web tier: an app on a Redis database of its own, no worker ------------------------------------
+@pytest.fixture(scope="module")
+def iso_client(redis_proc, settings):
+    import redis as redis_lib
+
+    from web import create_app
+
+    url = f"redis://127.0.0.1:{redis_proc.port}/6"
+    client = redis_lib.Redis.from_url(url)
+    client.flushdb()
+    app = create_app(settings.with_overrides(redis_url=url, broker_url=url))
+    yield app.test_client(), client
+    client.flushdb()
+
+
+def test_kept_reprs_become_json_arguments_only_when_whole():
+    from web.taskactions import literal
+
+    assert literal("[1, 'a', {'b': None}]", list) == [1, "a", {"b": None}]
+    assert literal("(1,)", list) == [1] and literal("", dict) == {}
+    assert literal("{'k': [1.5, True]}", dict) == {"k": [1.5, True]}
+    for cut in ("[1, 2, ...]", "[1, 2", "(datetime.datetime(2024, 1, 1),)", "{'a': b'x'}", "7"):
+        assert literal(cut, list) is None and literal(cut, dict) is None
+
+
+def test_retry_is_a_conflict_when_the_arguments_were_not_kept(iso_client, users):
+    import uuid
+
+    import protocol
+    from bridge.records import RecordWriter
+
+    client, rc = iso_client
+    admin = users("tasks-admin", admin=True, password=PASSWORD)
+    task_id = str(uuid.uuid4())
+    snap = protocol.snapshot(task_id, state="FAILURE", updated_at=time.time())
+    record = {"snapshot": snap, "ending": protocol.ending(snap), "detail": {
+        "name": "reports.build", "args": "['" + "x" * 50 + "', ...]", "kwargs": "{}"}}
+    pipe = rc.pipeline()
+    RecordWriter().put(pipe, record)
+    pipe.execute()
+    resp = client.post(f"/api/tasks/{task_id}/retry", headers=admin["headers"])
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "conflict"
+    resp = client.post(f"/api/tasks/{uuid.uuid4()}/retry", headers=admin["headers"])
+    assert resp.status_code == 404
+    resp = client.post(f"/api/tasks/{task_id}/terminate", headers=admin["headers"])
+    assert resp.status_code == 409  # it ended
+    for bad in ("state=NOPE", "sort=colour", "order=up", "cursor=zzz", "received_after=soon",
+                "received_before=nan", "worker=" + "w" * 201):
+        resp = client.get(f"/api/tasks?{bad}", headers=admin["headers"])
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid", bad
+    listed = client.get("/api/tasks?q=xxxxxxxxxx&sort=updated", headers=admin["headers"]).get_json()
+    assert [t["task_id"] for t in listed["tasks"]] == [task_id] and listed["next_cursor"] is None
