@@ -253,3 +253,21 @@ def test_retry_is_a_conflict_when_the_arguments_were_not_kept(iso_client, users)
         assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid", bad
     listed = client.get("/api/tasks?q=xxxxxxxxxx&sort=updated", headers=admin["headers"]).get_json()
     assert [t["task_id"] for t in listed["tasks"]] == [task_id] and listed["next_cursor"] is None
+
+
+def test_terminate_ends_a_running_caption_job_and_the_rest_can_be_captioned(cluster, people, tmp_path):
+    from tests.crafted import slow_png
+
+    owner, admin = people["user"], people["admin"]
+    slow = slow_png(tmp_path / "slow.png")
+    job = submit_job(cluster, owner, [slow] * 24)  # a few tenths of a second each
+    wait_state(cluster, admin, job["task_id"], ("STARTED", "PROGRESS"))
+    began = time.monotonic()
+    resp = api(cluster, admin, "post", f"/api/tasks/{job['task_id']}/terminate")
+    assert resp.status_code == 202, resp.text
+    task = wait_state(cluster, admin, job["task_id"], ("REVOKED", "FAILURE", "SUCCESS"), timeout=10)
+    assert task["state"] == "REVOKED" and time.monotonic() - began < 8
+    resumed = api(cluster, owner, "post", f"/api/jobs/{job['task_id']}/resume")
+    assert resumed.status_code == 202, resumed.text
+    assert 0 < resumed.json()["total"] <= 24
+    api(cluster, owner, "post", f"/api/jobs/{resumed.json()['task_id']}/cancel")  # not needed further
