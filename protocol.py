@@ -9,6 +9,7 @@ watcher counts). Pure data and functions, no I/O.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -157,6 +158,62 @@ def record_row(record: Record) -> dict:
     detail = record.get("detail") or {}
     return admin_row(record["snapshot"], name=detail.get("name"), worker=detail.get("worker"),
                      runtime=detail.get("runtime"), terminated=bool(detail.get("terminated")))
+
+
+# -- the task explorer's index (bridge/records.py writes it, bridge/explorer.py reads it) --------
+# skald:ix:state:<STATE>    sorted set: member -> received time (one per state)
+# skald:ix:name:<name>      sorted set: member -> received time ("" while the name is unknown)
+# skald:ix:worker:<host>    sorted set: member -> received time ("" until a worker started it)
+# skald:ix:names / :workers sorted sets of the facet values above (score 0: read by lex order)
+# skald:ix:started          sorted set: member -> started time (tasks that started)
+# skald:ix:runtime          sorted set: member -> runtime in s (tasks that ended with one)
+# "updated" is INDEX_KEY's order. "received" is when Skald first heard of the task (its
+# task-sent or task-received event, or its submission) and never changes, so a page
+# walked by it is stable while tasks arrive and change. A member is the task id's 16 bytes
+# when it is a canonical UUID (Redis keeps ~16 bytes less per entry), else the id's text.
+IX_PREFIX = "skald:ix:"
+IX_NAMES = "skald:ix:names"
+IX_WORKERS = "skald:ix:workers"
+IX_STARTED = "skald:ix:started"
+IX_RUNTIME = "skald:ix:runtime"
+IX_READY = "skald:ix:ready"   # set once the index covers the stored records (a backfill ran)
+FACETS = ("state", "name", "worker")
+SORTS = ("received", "started", "updated", "runtime", "name", "state")
+
+IndexEntry = tuple[str, str, str, float, float | None, float | None]
+"""(state, name, worker, received, started, runtime): where a task sits in the index."""
+
+
+def facet_key(facet: str, value: str | None) -> str:
+    return f"{IX_PREFIX}{facet}:{value or ''}"
+
+
+def member_of(task_id: str) -> bytes:
+    """A task id as an index member (bijective: :func:`task_of_member` undoes it)."""
+    if len(task_id) == 36:
+        try:
+            parsed = uuid.UUID(task_id)
+        except ValueError:
+            parsed = None
+        if parsed is not None and str(parsed) == task_id:
+            return parsed.bytes
+    raw = task_id.encode()
+    return b"\x01" + raw if len(raw) == 16 or raw.startswith(b"\x01") else raw
+
+
+def task_of_member(member: bytes | str) -> str:
+    raw = member.encode() if isinstance(member, str) else member
+    if len(raw) == 16:
+        return str(uuid.UUID(bytes=raw))
+    return (raw[1:] if raw.startswith(b"\x01") else raw).decode(errors="replace")
+
+
+def index_entry(record: Record) -> IndexEntry:
+    """Where a stored record belongs in the index."""
+    snap, detail = record["snapshot"], record.get("detail") or {}
+    seen = detail.get("seen_at") or detail.get("received_at") or snap.get("updated_at") or 0.0
+    return (snap.get("state") or "PENDING", detail.get("name") or "", detail.get("worker") or "",
+            float(seen), detail.get("started_at"), detail.get("runtime"))
 
 
 # -- cluster state (written by the bridge each metrics tick) ---------------------------------------

@@ -16,7 +16,7 @@ import traceback
 
 from bench import common, report
 
-ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead", "rss", "captioner", "watch"]
+ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead", "rss", "captioner", "watch", "explorer"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,10 @@ class Ops:
     def zremrangebyrank(self, key: str, start: int, end: int) -> None:
         self._add("ZREMRANGEBYRANK", key, start, end)
 
+    def raw(self, *cmd: Any) -> None:
+        """Any other command, as (name, arg, ...) (the explorer's index: bridge/records.py)."""
+        self._add(*cmd)
+
     def publish(self, channel: str, message: str) -> None:
         self._add("PUBLISH", channel, message)
 
@@ -221,6 +225,11 @@ class Publisher:
             if last:
                 return
             start += self.chunk
+
+    def run(self, ops: Ops) -> None:
+        """Run collected commands alone, lease-checked (e.g. an index backfill)."""
+        if ops.count:
+            self._run(ops)
 
     def _run(self, ops: Ops) -> None:
         result = self._script(keys=[self.lease_key], args=[self.lease_token, ops.count, *ops.args])

@@ -109,6 +109,7 @@ class Output:
     cluster: dict | None = None     # cluster state to store (bridge/records.put_cluster)
     effects: list[Effect] = field(default_factory=list)   # to carry out before publishing
     acks: list[str] = field(default_factory=list)         # command entries done (after publishing)
+    unindex: list[tuple[str, tuple]] = field(default_factory=list)  # evicted: leave the index
     wake: float = 0.0               # the next step is due by then at the latest
     events: int = 0                 # events applied
 
@@ -217,6 +218,7 @@ class Processor:
             out.updates += self.coalescer.offer(update, now)
         out.updates += self.coalescer.due(now)
         out.records = self.board.take_records(only={u.task_id for u in out.updates})
+        out.unindex = self.board.take_unindexed()
         self.events_applied += out.events
         out.wake = min(filter(None, [self.coalescer.next_due(), self.next_reconcile, self.next_tick,
                                      self.watchlist.wake(),

@@ -27,6 +27,7 @@ from bridge.task import (
     caption_results,
     extra_fields,
     first_int_arg,
+    keep,
     parse_exception,
     trim,
 )
@@ -71,14 +72,33 @@ def describe(task: Task, event: dict) -> bool:
         task.name = sys.intern(name)
         changed = True
     if task.args is None and ("args" in event or "kwargs" in event):
-        task.args = trim(f"{event.get('args', '')} {event.get('kwargs', '')}".strip())
+        task.args = keep(event.get("args", ""))
+        remember(task, "kwargs", keep(event.get("kwargs", "")))
         changed = True
+    for key in SENT_FIELDS:  # first heard wins; retries grows with each retry
+        value = as_count(event.get(key)) if key == "retries" else as_text(event.get(key), NAME_CAP)
+        had = (task.full or {}).get(key)
+        if value is not None and (had is None or (key == "retries" and value > had)):
+            remember(task, key, value)
+            changed = True
     if task.job_id is None and task.name == ev.CAPTION_TASK_NAME:
         job_id = first_int_arg(event.get("args"))
         if job_id is not None:
             task.job_id = job_id
             changed = True
     return changed
+
+
+SENT_FIELDS = ("retries", "eta", "expires", "parent_id", "root_id", "queue")
+
+
+def remember(task: Task, key: str, value: Any) -> None:
+    """Keep one detail field for the explorer (``Task.full``); None is not kept."""
+    if value is None:
+        return
+    if task.full is None:
+        task.full = {}
+    task.full[key] = value
 
 
 def on_sent(task: Task, event: dict, stamp: float) -> Move | None:
@@ -139,6 +159,8 @@ def on_succeeded(task: Task, event: dict, value: Any) -> Move:
     task's carries ``{"result": value}``, capped (``protocol.task_results``). The event's
     own ``result`` (a repr) only names the outcome on the operator view."""
     task.runtime = as_number(event.get("runtime"), task.runtime)
+    remember(task, "result", keep(event.get("result")))
+    remember(task, "succeeded_at", as_number(event.get("timestamp")))
     captions = caption_results(value)
     if not is_caption_job(task, captions):
         task.outcome = trim(event.get("result"))
@@ -161,6 +183,9 @@ def on_failed(task: Task, event: dict, stamp: float) -> Move:
     exc = event.get("exception")
     type_, message = parse_exception(exc if isinstance(exc, str) else None)
     task.outcome = trim(event.get("traceback") or exc, keep_end=True)
+    remember(task, "exception", keep(exc))
+    remember(task, "traceback", keep(event.get("traceback"), keep_end=True))
+    remember(task, "failed_at", stamp)
     task.step = "failed"
     task.eta = None
     return Move("end", "FAILURE", error=(type_[:NAME_CAP], message[:4 * TEXT_CAP]))
@@ -169,6 +194,7 @@ def on_failed(task: Task, event: dict, stamp: float) -> Move:
 def on_revoked(task: Task, event: dict, stamp: float) -> Move:
     if event.get("terminated"):
         task.terminated = True
+    remember(task, "revoked_at", stamp)
     task.step = "cancelled"
     task.eta = None
     return Move("end", "REVOKED", completed=max(0, task.current - task.failed))
@@ -200,6 +226,7 @@ def on_rejected(task: Task, event: dict, stamp: float) -> Move:
 def on_retried(task: Task, event: dict, stamp: float) -> Move:
     task.step = "retrying"
     task.outcome = trim(event.get("exception"))
+    remember(task, "exception", keep(event.get("exception")))
     return PROGRESS
 
 

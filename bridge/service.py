@@ -32,6 +32,7 @@ from celery import Celery
 from celery.exceptions import BackendError
 from kombu.exceptions import KombuError
 
+import protocol
 from bridge import reconcile, records, store
 from bridge.commands import CommandReader, handle_cancel
 from bridge.emitter import LeaseLost, Ops, Publisher
@@ -165,10 +166,23 @@ class Bridge:
                 open_ids = set(self.store.open_ids()) - {r["snapshot"]["task_id"] for r in stored}
                 stored += list(self.store.get_many(open_ids).values())
                 self.processor.load(stored, store.read_cluster(self.client))
+                if not self.client.exists(protocol.IX_READY):
+                    self._backfill(stored)
                 return
             except redis.RedisError as exc:
                 log.warning("cannot load state from Redis (%s); retrying", exc)
                 self.stop_event.wait(1.0)
+
+    def _backfill(self, stored: list[dict], chunk: int = 2000) -> None:
+        """Index the stored records once (a store from before the explorer's index)."""
+        for start in range(0, len(stored), chunk):
+            ops = Ops()
+            records.backfill(ops, stored[start:start + chunk])
+            self.publisher.run(ops)
+        ops = Ops()
+        ops.set(protocol.IX_READY, "1")
+        self.publisher.run(ops)
+        log.info("indexed %d stored tasks for the explorer", len(stored))
 
     # -- the threads -----------------------------------------------------------------
     def enqueue_events(self, events: list[dict]) -> None:
@@ -309,9 +323,12 @@ class Bridge:
         """Updates, records and cluster state in the lease-checked script; retried while
         Redis is away (a deposed bridge raises :class:`LeaseLost`)."""
         extra = None
-        if out.cluster is not None:
+        if out.cluster is not None or out.unindex:
             extra = Ops()
-            records.put_cluster(extra, **out.cluster)
+            if out.cluster is not None:
+                records.put_cluster(extra, **out.cluster)
+            for task_id, entry in out.unindex:  # evicted tasks leave the explorer's index
+                self.writer.unindex(extra, task_id, entry)
         if not out.updates and not out.records and extra is None:
             return
         while True:

@@ -91,6 +91,7 @@ class Board:
         self.changed: set[str] = set()  # task ids whose record changed since take_records()
         self.ignored = 0
         self._dropped: list[Transition] = []  # open tasks evicted during the current call
+        self.unindexed: list[tuple[str, tuple]] = []  # evicted: (task id, its index entry)
 
     # -- lookups ---------------------------------------------------------------
     def get(self, task_id: str) -> Task | None:
@@ -126,10 +127,21 @@ class Board:
             self.changed.discard(task_id)
             if task is None or task.compacted:
                 continue
-            records.append(task.record())
+            record = task.record()
+            entry = task.index_entry()
+            # The store's index moves with it (bridge/records.py); None: it stays put.
+            record["_index"] = (task.indexed, entry) if entry != task.indexed else None
+            task.indexed = entry
+            records.append(record)
             if task.ended:
                 task.compact()
+                task.indexed = None  # an ended task never moves again: index_entry() says it
         return records
+
+    def take_unindexed(self) -> list[tuple[str, tuple]]:
+        """Tasks evicted since the last call, with the index entries to remove."""
+        gone, self.unindexed = self.unindexed, []
+        return gone
 
     # -- loading -----------------------------------------------------------------
     def load(self, records: Iterable[dict]) -> list[Transition]:
@@ -140,6 +152,8 @@ class Board:
             (self._ended if task.ended else self._open)[task.task_id] = task
             self._evict()
         self._dropped = []
+        for task in self._ended.values():
+            task.indexed = None  # derivable (index_entry), never moving again
         return [Transition(t.task_id, None, t.bucket, t.updated_at, STORE) for t in self._open.values()]
 
     # -- the state machine ---------------------------------------------------------
@@ -247,6 +261,8 @@ class Board:
                  at: float, source: str) -> Change:
         """The change of one call: its updates, the admin row, and the task's transition."""
         self.changed.add(task.task_id)
+        if task.seen_at is None:
+            task.seen_at = at
         moves = self._take_dropped()
         if task.bucket != before:
             runtime = None
@@ -294,5 +310,6 @@ class Board:
             victims = self._ended if self._ended else self._open
             task_id, task = victims.popitem(last=False)
             self.changed.discard(task_id)
+            self.unindexed.append((task_id, task.indexed or task.index_entry()))
             if not task.ended:
                 self._dropped.append(Transition(task_id, task.bucket, None, task.updated_at))

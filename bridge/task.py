@@ -18,7 +18,8 @@ import orjson
 
 import protocol
 
-TEXT_CAP = 300   # longest args / result / exception text kept per task
+TEXT_CAP = 300   # longest outcome text (result or traceback) on the operator view's row
+DETAIL_CAP = 64 * 1024  # characters of args, kwargs, result or traceback kept per task in full
 NAME_CAP = 200   # longest task name or owner kept
 HOST_CAP = 255   # longest worker hostname kept
 ERROR_CAP = 1200  # longest error message kept (an image's or a task's)
@@ -69,6 +70,16 @@ def trim(text: Any, keep_end: bool = False) -> str | None:
     if len(text) <= TEXT_CAP:
         return text
     return "\u2026" + text[1 - TEXT_CAP:] if keep_end else text[: TEXT_CAP - 1] + "\u2026"
+
+
+def keep(text: Any, keep_end: bool = False) -> str | None:
+    """A detail text (args, kwargs, result, traceback) up to :data:`DETAIL_CAP` characters."""
+    if text is None:
+        return None
+    text = text if isinstance(text, str) else str(text)
+    if len(text) <= DETAIL_CAP:
+        return text
+    return "\u2026" + text[1 - DETAIL_CAP:] if keep_end else text[: DETAIL_CAP - 1] + "\u2026"
 
 
 def parse_exception(text: str | None) -> tuple[str, str]:
@@ -157,13 +168,20 @@ def caption_results(value: Any) -> dict | None:
     return out
 
 
+# Detail kept in full for the task explorer (besides args): from task-sent/-received
+# (kwargs, retries, eta, expires, parent_id, root_id, queue) and from the ending
+# (result, exception, traceback and the ending's time).
+FULL_FIELDS = ("kwargs", "retries", "eta", "expires", "parent_id", "root_id", "queue",
+               "result", "exception", "traceback", "succeeded_at", "failed_at", "revoked_at")
+
+
 class Task:
     """What the bridge knows of one task (slots: memory per task is measured)."""
 
     __slots__ = ("task_id", "name", "state", "job_id", "owner", "current", "total", "failed",
                  "step", "eta", "updated_at", "worker", "received_at", "started_at",
                  "runtime", "args", "outcome", "cancel_requested", "terminated", "ending",
-                 "compacted", "extra")
+                 "compacted", "extra", "seen_at", "full", "indexed")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
@@ -181,13 +199,16 @@ class Task:
         self.received_at: float | None = None
         self.started_at: float | None = None
         self.runtime: float | None = None
-        self.args: str | None = None
+        self.args: str | None = None     # the args as the worker's event had them (repr, capped)
         self.outcome: str | None = None  # result or traceback text, trimmed
         self.cancel_requested = False
         self.terminated = False
         self.ending: dict | None = None  # {"event", "payload"} once ended
         self.compacted = False  # ended, stored, and its bulky parts dropped
         self.extra: dict | None = None  # a progress event's small extra fields (extra_fields)
+        self.seen_at: float | None = None  # first heard of: the index's "received" (never moves)
+        self.full: dict | None = None  # detail kept for the explorer: kwargs, retries, eta, ...
+        self.indexed: tuple | None = None  # the index entry last written (bridge/records.py)
 
     @property
     def ended(self) -> bool:
@@ -200,7 +221,7 @@ class Task:
 
     def compact(self) -> None:
         """Forget what only the store needs (an ended task is never written again)."""
-        self.ending = self.args = self.outcome = self.extra = None
+        self.ending = self.args = self.outcome = self.extra = self.full = None
         self.step = sys.intern(self.step)
         self.compacted = True
 
@@ -222,8 +243,14 @@ class Task:
         """Admin fields beyond the snapshot."""
         return {"name": self.name, "worker": self.worker, "runtime": self.runtime,
                 "received_at": self.received_at, "started_at": self.started_at,
-                "args": self.args, "outcome": self.outcome, "failed": self.failed,
-                "cancel_requested": self.cancel_requested, "terminated": self.terminated}
+                "seen_at": self.seen_at, "args": self.args, "outcome": self.outcome,
+                "failed": self.failed, "cancel_requested": self.cancel_requested,
+                "terminated": self.terminated, **(self.full or {})}
+
+    def index_entry(self) -> tuple:
+        """Where this task belongs in the explorer's index (``protocol.IndexEntry``)."""
+        return (self.state, self.name or "", self.worker or "",
+                self.seen_at or self.received_at or self.updated_at, self.started_at, self.runtime)
 
     def record(self) -> dict:
         """What the store keeps for this task."""
@@ -246,9 +273,11 @@ class Task:
         detail = record.get("detail") or {}
         task.name = as_text(detail.get("name"))
         task.worker = as_text(detail.get("worker"), HOST_CAP)
-        task.args = as_text(detail.get("args"), TEXT_CAP)
+        task.args = as_text(detail.get("args"), DETAIL_CAP)
         task.outcome = as_text(detail.get("outcome"), TEXT_CAP)
-        for key in ("runtime", "received_at", "started_at"):
+        full = {k: detail[k] for k in FULL_FIELDS if detail.get(k) is not None}
+        task.full = full or None
+        for key in ("runtime", "received_at", "started_at", "seen_at"):
             setattr(task, key, as_number(detail.get(key)))
         task.failed = as_count(detail.get("failed"), 0)
         task.cancel_requested = bool(detail.get("cancel_requested"))
@@ -258,4 +287,5 @@ class Task:
         task.extra = extra_fields(extra) if isinstance(extra, dict) else None
         if task.ended:
             task.compact()  # the store already holds its final record
+        task.indexed = task.index_entry()  # what the store's index holds for it
         return task

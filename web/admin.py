@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from flask_login import current_user
@@ -23,7 +22,6 @@ from redis.exceptions import RedisError
 import protocol
 from bridge import store
 from web import audit, jobs, metrics
-from web.api import limit_arg
 from web.auth import user_required
 from web.errors import ApiError
 from web.maintenance import maintenance_status, set_maintenance
@@ -32,8 +30,6 @@ from web.services import services
 
 bp = Blueprint("admin", __name__)
 
-SCAN_PAGE = 500        # records read per round trip when filtering the task list
-SCAN_CAP = 20_000      # most recent tasks a filtered list looks through (bounded work)
 MESSAGE_CAP = 500      # longest maintenance message
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,155}$")  # Celery ids: UUIDs or custom
 
@@ -42,7 +38,7 @@ TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,155}$")  # Celery ids: UUIDs or cu
 @bp.get("/admin")
 @require(VIEW_ALL)
 def admin_page():
-    return render_template("admin.html", states=protocol.STATES,
+    return render_template("admin.html", states=protocol.STATES, sorts=protocol.SORTS,
                            can_act=can(current_user, ACT_ALL))
 
 
@@ -68,74 +64,7 @@ def cluster_state():
                     "alerts": state["alerts"], "maintenance": maintenance_status(svc.redis)})
 
 
-# -- tasks ------------------------------------------------------------------------------------
-@bp.get("/api/tasks")
-@require(VIEW_ALL)
-def list_tasks():
-    """Tasks the bridge has seen, newest first; ``state``, ``name``, ``q`` (id search), ``limit``.
-
-    Filters look through the most recent :data:`SCAN_CAP` tasks (bounded work);
-    ``truncated`` says when that bound stopped the search.
-    """
-    state = request.args.get("state") or None
-    if state is not None and state not in protocol.STATES:
-        raise ApiError("invalid", f"state must be one of {', '.join(protocol.STATES)}")
-    name = request.args.get("name") or None
-    if name is not None and len(name) > 200:
-        raise ApiError("invalid", "name is at most 200 characters")
-    raw_query = (request.args.get("q") or "").strip()
-    if len(raw_query) > 155:
-        raise ApiError("invalid", "q is at most 155 characters")
-    query = raw_query.lower() or None
-    limit = limit_arg()
-    svc = services()
-    found: list[dict] = []
-    scanned = 0
-    truncated = False
-    try:
-        if query and TASK_ID_RE.match(raw_query) and len(raw_query) >= 32:
-            record = svc.store.get(raw_query)
-            candidates = [[record]] if record else [[]]
-        else:
-            candidates = _pages(svc)
-        for page in candidates:
-            for record in page:
-                scanned += 1
-                item = protocol.record_row(record)
-                if ((state is None or item["state"] == state)
-                        and (name is None or item.get("name") == name)
-                        and (query is None or query in item["task_id"].lower())):
-                    found.append(item)
-                    if len(found) >= limit:
-                        break
-            if len(found) >= limit:
-                break
-        else:
-            truncated = scanned >= SCAN_CAP
-    except RedisError as exc:
-        raise ApiError("unavailable", "live state is unavailable; try again") from exc
-    return jsonify({"tasks": found, "scanned": scanned, "truncated": truncated})
-
-
-def _pages(svc: Any):
-    for offset in range(0, SCAN_CAP, SCAN_PAGE):
-        page = svc.store.recent(SCAN_PAGE, offset)
-        if not page:
-            return
-        yield page
-
-
-@bp.get("/api/tasks/<task_id>")
-@require(VIEW_ALL)
-def get_task(task_id: str):
-    """One task's detail: args (trimmed), result or traceback, runtime, worker, ending."""
-    record = _record(task_id)
-    ending = record.get("ending") or {}
-    error = (ending.get("payload") or {}).get("error")
-    return jsonify({"task": {**protocol.record_row(record), **(record.get("detail") or {}),
-                             "error": error, "ending": ending.get("event")}})
-
-
+# -- tasks (the list and detail are web/explorer.py) -------------------------------------
 @bp.post("/api/tasks/<task_id>/cancel")
 @require(ACT_ALL)
 def cancel_task(task_id: str):

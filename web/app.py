@@ -97,7 +97,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         settings=settings, redis=client, db=sessions(settings.database_url),
         celery=celery, store=SnapshotStore(client), inspector=Inspector(celery))
 
-    from web import admin, api, audit, auth, errors, operate, pages, progress, review, sockets
+    from web import admin, api, audit, auth, errors, explorer, operate, pages, progress, review, sockets, taskactions
     errors.register(app)
     csrf.init_app(app)
     auth.init_app(app)
@@ -107,6 +107,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.register_blueprint(review.bp)
     app.register_blueprint(audit.bp)    # GET /api/audit
     app.register_blueprint(operate.bp)  # one worker, worker control, task-type limits, queues
+    app.register_blueprint(explorer.bp)  # GET /api/tasks, /api/tasks/<id>, /admin/tasks/<id>
+    app.register_blueprint(taskactions.bp)  # terminate, retry, apply, resume
 
     @app.before_request
     def _credentials_and_csrf():

@@ -11,13 +11,15 @@ from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
+import protocol
 from tasks.models import Image
 from web import jobs
 from web.auth import user_required
 from web.errors import ApiError
 from web.maintenance import OFF, maintenance_status
-from web.roles import VIEW_ALL, can
+from web.roles import VIEW_ALL, can, may_act_on
 from web.services import services
+from web.taskactions import uncaptioned
 from web.uploads import ALLOWED_FORMATS
 
 bp = Blueprint("pages", __name__)
@@ -68,6 +70,10 @@ def job_page(task_id: str):
             abort(404)
         owner = job.owner.name
         first = db.scalar(select(Image.name).where(Image.job_id == job.id, Image.position == 0))
-    snapshot = jobs.live_snapshot(job, owner, jobs.fetch_record(svc, task_id))
+        snapshot = jobs.live_snapshot(job, owner, jobs.fetch_record(svc, task_id))
+        may_resume = may_act_on(current_user, job.owner_id)  # "Caption the rest" (web/taskactions.py)
+        resumable = may_resume and snapshot["state"] in protocol.TERMINAL_STATES \
+            and bool(uncaptioned(db, job))
     return render_template("job.html", task_id=task_id, snapshot=snapshot, first_image=first or "",
-                           total=job.total, created_at=job.created_at, owner=owner)
+                           total=job.total, created_at=job.created_at, owner=owner,
+                           may_resume=may_resume, resumable=resumable)

@@ -146,6 +146,7 @@
     var focus = document.activeElement;
     if (!focus || focus === document.body || focus === el.cancel) el.ending.focus();
     review.load();  // statuses, captioners and failures, patched in place
+    document.dispatchEvent(new CustomEvent("skald:job-ended", { detail: { kind: kind } }));
   }
 
   // ---- captions --------------------------------------------------------------------

@@ -51,6 +51,7 @@
       if (id === taskId) row.setAttribute("aria-current", "true"); else row.removeAttribute("aria-current");
     });
     head(data);
+    U.$("detail-page").href = "/admin/tasks/" + encodeURIComponent(taskId);
     U.$("detail-args").textContent = "";
     U.$("detail-outcome").textContent = "";
     el.message.textContent = "Loading…";
@@ -65,7 +66,7 @@
       var t = result.data.task;
       A.panels.tasks.upsert(t, false);
       head(A.panels.tasks.get(taskId));
-      U.$("detail-args").textContent = t.args || "(none recorded)";
+      U.$("detail-args").textContent = [t.args, t.kwargs].filter(Boolean).join(" ") || "(none recorded)";
       U.$("detail-outcome").textContent = outcomeText(t);
       el.message.textContent = "";
     });

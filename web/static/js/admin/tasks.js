@@ -1,4 +1,6 @@
-/* Skald operator view: the task table, its filters, and GET /api/tasks.
+/* Skald operator view: the task table, its filters, and GET /api/tasks (the explorer:
+ * filters, sort, "Next page" through next_cursor; the server also searches args,
+ * kwargs, results and errors, so rows it found for the current query stay shown).
  *
  * Rows carry data-testid "task-row-<task_id>" with a "task-state" cell holding the
  * raw state. The first cell is a real button naming the task; pressing it (or
@@ -11,16 +13,19 @@
   var PAGE = 200;
   var el = {
     body: U.$("tasks"), empty: U.$("tasks-empty"), state: U.$("filter-state"),
-    name: U.$("filter-name"), search: U.$("filter-search")
+    name: U.$("filter-name"), search: U.$("filter-search"), worker: U.$("filter-worker"),
+    sort: U.$("filter-sort"), order: U.$("filter-order"), more: U.$("tasks-more"), note: U.$("tasks-note")
   };
+  var queryKey = "", nextCursor = null;
   var tasks = new Map();   // task_id -> {data, row}
   var names = new Set();
 
-  function matches(t) {
-    var state = el.state.value, name = el.name.value;
+  function matches(t, entry) {
+    var state = el.state.value, name = el.name.value, worker = el.worker.value.trim();
     var q = el.search.value.trim().toLowerCase();
     return (!state || t.state === state) && (!name || t.name === name) &&
-      (!q || String(t.task_id).toLowerCase().indexOf(q) >= 0);
+      (!worker || t.worker === worker) &&
+      (!q || (entry && entry.key === queryKey) || String(t.task_id).toLowerCase().indexOf(q) >= 0);
   }
 
   function fill(row, t) {
@@ -38,7 +43,7 @@
     cells[4].textContent = t.worker || "";
     cells[5].textContent = U.seconds(t.runtime);
     cells[6].textContent = U.clockTime(t.updated_at);
-    row.hidden = !matches(t);
+    row.hidden = !matches(t, tasks.get(t.task_id));
   }
 
   function newRow(t) {
@@ -77,8 +82,9 @@
     el.name.appendChild(opt);
   }
 
-  /** Insert or update a task; ``atTop``: a task new from push goes first. */
-  function upsert(t, atTop) {
+  /** Insert or update a task; ``atTop``: a task new from push goes first; ``key``: the
+   *  query whose page it came in (it matches that query on the server). */
+  function upsert(t, atTop, key) {
     if (!t || typeof t !== "object" || typeof t.task_id !== "string") return;
     var entry = tasks.get(t.task_id);
     if (entry) {
@@ -88,9 +94,10 @@
       var merged = Object.assign({}, old);
       Object.keys(t).forEach(function (k) { if (t[k] !== null && t[k] !== undefined) merged[k] = t[k]; });
       entry.data = merged;
+      if (key) entry.key = key;
       fill(entry.row, merged);
     } else {
-      entry = { data: Object.assign({}, t), row: newRow(t) };
+      entry = { data: Object.assign({}, t), row: newRow(t), key: key || "" };
       tasks.set(t.task_id, entry);
       fill(entry.row, entry.data);
       if (atTop) el.body.prepend(entry.row); else el.body.appendChild(entry.row);
@@ -114,38 +121,66 @@
   }
 
   function applyFilters() {
-    tasks.forEach(function (entry) { entry.row.hidden = !matches(entry.data); });
+    tasks.forEach(function (entry) { entry.row.hidden = !matches(entry.data, entry); });
   }
 
-  function load() {
-    var params = new URLSearchParams({ limit: String(PAGE) });
-    if (el.state.value) params.set("state", el.state.value);
-    if (el.name.value) params.set("name", el.name.value);
+  function params() {
+    var p = new URLSearchParams({ limit: String(PAGE), sort: el.sort.value, order: el.order.value });
+    if (el.state.value) p.set("state", el.state.value);
+    if (el.name.value) p.set("name", el.name.value);
+    if (el.worker.value.trim()) p.set("worker", el.worker.value.trim());
     var q = el.search.value.trim();
-    if (q) params.set("q", q);
-    return S.apiFetch("/api/tasks?" + params.toString()).then(function (result) {
+    if (q) p.set("q", q);
+    return p;
+  }
+
+  /** The first page of the current query (``more``: the next one, after the rows shown). */
+  function load(more) {
+    var p = params();
+    var key = p.toString();
+    if (more && nextCursor) p.set("cursor", nextCursor);
+    queryKey = key;
+    return S.apiFetch("/api/tasks?" + p.toString()).then(function (result) {
       if (!result.ok || !result.data || !Array.isArray(result.data.tasks)) {
         U.showMessage("Could not load tasks: " + S.errorMessage(result));
         return;
       }
-      result.data.tasks.forEach(function (t) { upsert(t, false); });
+      if (key !== queryKey) return;  // a newer query was asked for meanwhile
+      result.data.tasks.forEach(function (t) { upsert(t, false, key); });
+      if (el.sort.value !== "received" || el.order.value !== "desc") reorder(result.data.tasks, more);
+      nextCursor = result.data.next_cursor || null;
+      el.more.hidden = !nextCursor;
+      el.note.textContent = result.data.truncated
+        ? "Looked through " + result.data.examined + " tasks; the next page searches further." : "";
       applyFilters();
     });
+  }
+
+  /** Rows of a sorted page in the server's order (a first page goes first). */
+  function reorder(list, more) {
+    var rows = list.map(function (t) { return tasks.get(t.task_id).row; });
+    if (more) rows.forEach(function (r) { el.body.appendChild(r); });
+    else rows.reverse().forEach(function (r) { el.body.prepend(r); });
   }
 
   var timer = null;
   function onFilterChange() {
     applyFilters();
     clearTimeout(timer);
-    timer = setTimeout(load, 250);  // also find matches older than the rows shown
+    nextCursor = null;
+    timer = setTimeout(function () { load(false); }, 250);  // also find matches older than the rows shown
   }
   el.state.addEventListener("change", onFilterChange);
   el.name.addEventListener("change", onFilterChange);
+  el.sort.addEventListener("change", onFilterChange);
+  el.order.addEventListener("change", onFilterChange);
   el.search.addEventListener("input", onFilterChange);
+  el.worker.addEventListener("input", onFilterChange);
+  el.more.addEventListener("click", function () { load(true); });
   U.$("task-filters").addEventListener("submit", function (e) { e.preventDefault(); });
 
   A.panels.tasks = {
-    upsert: upsert, load: load,
+    upsert: upsert, load: function () { return load(false); },
     get: function (id) { var e = tasks.get(id); return e ? e.data : null; },
     row: function (id) { var e = tasks.get(id); return e ? e.row : null; },
     each: function (fn) { tasks.forEach(function (e, id) { fn(id, e.row, e.data); }); }
