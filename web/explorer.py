@@ -125,6 +125,9 @@ def task_detail(record: dict) -> dict:
     out["received"] = detail.get("received_at") or detail.get("seen_at")
     out["started"] = detail.get("started_at")
     out["succeeded"] = detail.get("succeeded_at")
+    # PROTOCOL.md's "failed" time; a caption job's "failed" is its count of unread images
+    # (the snapshot field), so its time is only under "failed_at".
+    out.setdefault("failed", detail.get("failed_at"))
     out.setdefault("retries", 0)
     for key in ("kwargs", "result", "traceback", "exception", "eta", "expires",
                 "parent_id", "root_id", "queue"):
