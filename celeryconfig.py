@@ -81,6 +81,13 @@ worker_prefetch_multiplier = 1
 result_extended = True
 
 broker_connection_retry_on_startup = True
+# A result write or read that meets a Redis failover or restart is retried (capped backoff,
+# ~30 s in all) instead of failing the job: without this a job whose last image was done
+# ends FAILURE because storing its result raised ConnectionError.
+result_backend_always_retry = True
+result_backend_max_retries = 20
+result_backend_base_sleep_between_retries_ms = 50
+result_backend_max_sleep_between_retries_ms = 2000
 # Celery's consumer without its gossip step, which broke workers on a Redis restart
 # (tasks/consumer.py).
 worker_consumer = "tasks.consumer:Consumer"

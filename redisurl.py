@@ -180,8 +180,14 @@ def client_kwargs(target: RedisTarget, **overrides: Any) -> dict[str, Any]:
 
 
 def sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
-    """Keyword arguments of the connections to the sentinels themselves."""
-    out: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    """Keyword arguments of the connections to the sentinels themselves: short timeouts and
+    no retries, so a sentinel that is away costs one timeout before the next one is asked
+    (redis-py's default would retry it ten times)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    out: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0,
+                           "retry": Retry(NoBackoff(), 0)}
     if target.sentinel_username:
         out["username"] = target.sentinel_username
     if target.sentinel_password:
