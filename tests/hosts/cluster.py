@@ -63,7 +63,8 @@ class Cluster:
         self.env = worker_env(self.settings)
         self.env.update({"LEADER_TTL_SECONDS": "3", "VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
                          "HOSTS_IMAGE_SECONDS": str(IMAGE_SECONDS), "SOCKET_RATE": "1000",
-                         "SOCKET_BURST": "1000", "WORKER_OFFLINE_AFTER": "5"})
+                         "SOCKET_BURST": "1000", "WORKER_OFFLINE_AFTER": "5",
+                         "CONNECTIONS_PER_USER": "200"})
         self.lb_url = f"http://{self.h['lb'].address}:{LB_PORT}"
         self.procs: dict[str, Proc] = {}
         self._images = 0
@@ -238,6 +239,13 @@ class WatchRun:
     def wait(self, timeout: float = 120) -> None:
         wait_for(lambda: not self.proc.alive(), timeout, interval=0.2, what="the watchers to finish")
         assert self.proc.popen.returncode == 0, f"watchers did not finish:\n{self.summary()}"
+
+    def wait_for(self, event: str, timeout: float = 30, **match: object) -> dict:
+        """The first ``event`` (matching ``match``), waited for; what was recorded on failure."""
+        try:
+            return wait_for(lambda: self.first(event, **match), timeout, what=f"{event} {match}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.summary()}") from None
 
     def first(self, event: str, after: float = 0.0, **match: object) -> dict | None:
         for i in self.items():

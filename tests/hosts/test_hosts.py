@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -30,11 +32,14 @@ def _skip_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     reason = _skip_reason()
     if reason:
         pytest.skip(f"several-hosts tier: {reason}")
-    c = Cluster(tmp_path_factory.mktemp("hosts"), sentinel=sentinel_supported())
+    # Not under pytest's tmp_path: its rotation (other runs) must not eat the logs.
+    base = Path(tempfile.mkdtemp(prefix="skald-hosts-"))
+    print(f"\nseveral-hosts logs: {base / 'logs'}")
+    c = Cluster(base, sentinel=sentinel_supported())
     try:
         c.start()
         yield c
@@ -85,7 +90,7 @@ def test_a_job_watched_from_the_watcher_host_end_to_end(cluster, user):
 def test_a_worker_host_cut_off_mid_job_is_redelivered_and_finished_elsewhere(cluster, user):
     tid = cluster.submit(user, 12)
     watch = cluster.watch(user, [tid], clients=1, timeout=150)
-    wait_for(lambda: watch.first("progress_update", current=2), 30, what="two images done")
+    watch.wait_for("progress_update", current=2)
     lost = worker_of(cluster, tid)
     other = "worker2" if lost == "worker1" else "worker1"
     cluster.h[lost].cut()
@@ -110,7 +115,7 @@ def test_a_web_host_killed_its_watchers_reconnect_through_haproxy(cluster, user)
     tids = [cluster.submit(user, 10) for _ in range(2)]
     ws = cluster.watch(user, tids, clients=4)
     polling = cluster.watch(user, tids, clients=2, transport="polling")
-    wait_for(lambda: ws.first("progress_update"), 30, what="progress")
+    ws.wait_for("progress_update")
     killed_at = time.time()
     cluster.h["web1"].kill()
     ws.wait(90)
@@ -140,7 +145,7 @@ def test_the_active_bridges_host_partitioned_away_the_standby_takes_over(cluster
     before = cluster.procs[standby].log().count("bridge active")
     tids = [cluster.submit(user, 16) for _ in range(2)]
     watch = cluster.watch(user, tids, clients=2, timeout=150)
-    wait_for(lambda: watch.first("progress_update", current=1), 30, what="progress")
+    watch.wait_for("progress_update", current=1)
     cluster.h[active].cut()
     cut_at = time.time()
     try:
@@ -168,7 +173,7 @@ def test_the_redis_masters_host_cut_off_mid_run(cluster, user):
     assert cluster.sentinel
     tids = [cluster.submit(user, 12) for _ in range(3)]
     watch = cluster.watch(user, tids, clients=2, timeout=150)
-    wait_for(lambda: watch.first("progress_update", current=2), 30, what="progress")
+    watch.wait_for("progress_update", current=2)
     cluster.h["redis1"].cut()
     cut_at = time.time()
     first = wait_for(lambda: watch.first("progress_update", after=cut_at + 0.5), 60, interval=0.1,
