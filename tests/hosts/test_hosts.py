@@ -106,6 +106,12 @@ def test_a_worker_host_cut_off_mid_job_is_redelivered_and_finished_elsewhere(clu
         assert redelivered >= VISIBILITY_TIMEOUT - 1, redelivered
     finally:
         cluster.h[lost].restore()
+    # Back on the network, the cut-off worker's own copy (it went on alone) ends too, and
+    # without an error: the images the other copy captioned are kept, not inserted twice.
+    ended = re.compile(rf"{tid}\] (succeeded|raised)")
+    outcome = wait_for(lambda: ended.search(cluster.procs[lost].log()), 40, interval=0.2,
+                       what=f"the cut-off copy on {lost} to end")
+    assert outcome.group(1) == "succeeded", cluster.procs[lost].log()[-3000:]
     job = requests.get(f"{cluster.lb_url}/api/jobs/{tid}", headers=user["headers"], timeout=5).json()
     assert job["state"] == "SUCCESS" and job["current"] == 12, job
     print(f"redelivered {redelivered:.1f} s after the cut (visibility timeout {VISIBILITY_TIMEOUT} s)")
