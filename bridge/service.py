@@ -29,6 +29,7 @@ from celery import Celery
 from celery.exceptions import BackendError
 from kombu.exceptions import KombuError
 
+import redisurl
 from bridge import reconcile, records, store
 from bridge.commands import CommandReader, handle_cancel
 from bridge.emitter import LeaseLost, Ops, Publisher
@@ -67,9 +68,7 @@ class Bridge:
                  client: redis.Redis | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.app = app or make_celery(settings)
-        self.client = client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-            health_check_interval=10, retry_on_timeout=True)
+        self.client = client or redisurl.client(settings.redis_url, socket_timeout=10)
         self.clock = clock
         self.store = store.SnapshotStore(self.client)
         self.writer = RecordWriter(settings.snapshot_ttl_seconds, settings.bridge_max_tasks)

@@ -29,12 +29,15 @@ from typing import Any, Protocol
 import socketio
 
 import protocol
+import redisurl
 from web.accounts import AUTH_CHANNEL
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.1   # s before the first re-subscribe attempt
 RETRY_CAP = 2.0     # s between attempts at most
+PUBSUB_TIMEOUT = 15.0  # s of silence before the subscription is made again (the bridge
+                       # publishes metrics every <= 2 s while one is active)
 ENDINGS = frozenset(protocol.ENDING_EVENT.values())
 ROOM_PREFIX = protocol.task_room("")
 
@@ -51,7 +54,8 @@ class MessageQueue(socketio.RedisManager):
     name = "skald-redis"
 
     def __init__(self, url: str, channel: str, **kwargs: Any) -> None:
-        super().__init__(url, channel=channel, **kwargs)
+        self.source_url = url  # REDIS_URL as given; python-socketio sees its own form
+        super().__init__(redisurl.socketio_url(url), channel=channel, **kwargs)
         self.hooks: Hooks | None = None
         self.subscriptions = 0  # confirmations seen (tests and logs)
 
@@ -62,12 +66,11 @@ class MessageQueue(socketio.RedisManager):
                 old.close()
             except Exception as exc:  # noqa: BLE001 - a dead connection may fail to close
                 log.debug("closing the old subscription: %s", exc)
-        module = self._get_redis_module()
-        if self.redis_url.startswith(("redis+sentinel", "valkey+sentinel")):
-            super()._redis_connect()
-        else:
-            self.redis = module.Redis.from_url(self.redis_url, socket_keepalive=True,
-                                               **self.redis_options)
+        # Every form of REDIS_URL (redisurl.py): Sentinel with its credentials and TLS,
+        # which python-socketio's own parser does not know. A silent connection (a
+        # master's host cut off) times out and is made again, asking the sentinels anew.
+        self.redis = redisurl.client(self.source_url, **{"socket_timeout": PUBSUB_TIMEOUT,
+                                                         **self.redis_options})
         # Subscribe confirmations are wanted: each one starts a catch-up.
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
         self.connected = True
