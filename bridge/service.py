@@ -36,6 +36,7 @@ from bridge.emitter import LeaseLost, Ops, Publisher
 from bridge.lease import Lease
 from bridge.processor import (
     BATCH,
+    Alert,
     CancelFlag,
     Command,
     Connected,
@@ -53,6 +54,7 @@ from bridge.processor import (
 from bridge.queues import QueueProbe
 from bridge.receiver import event_reader
 from bridge.records import RecordWriter
+from bridge.sweeper import Sweeper
 from settings import Settings
 from tasks.app import make_celery
 
@@ -130,8 +132,11 @@ class Bridge:
             raise LeaseLost("lease lost while loading state")
         receiver = event_reader(self.app, self.settings.broker_url, self.enqueue_events,
                                 self._on_stream_connected)
+        # The sweeper (bridge/sweeper.py) has one owner: the bridge holding the lease.
+        sweeper = Sweeper(self.settings, self.app, self.client, self._alert)
         threads += [threading.Thread(target=self._commands, args=(lost,), name="commands", daemon=True),
-                    threading.Thread(target=self._poll_gauges, args=(lost,), name="gauges", daemon=True)]
+                    threading.Thread(target=self._poll_gauges, args=(lost,), name="gauges", daemon=True),
+                    threading.Thread(target=sweeper.run, args=(lost,), name="sweeper", daemon=True)]
         receiver.start()
         for thread in threads[1:]:
             thread.start()
@@ -163,6 +168,10 @@ class Bridge:
     def enqueue_events(self, events: list[dict]) -> None:
         """The receiver's sink (blocks when the queue is full: Redis then drops us)."""
         self.queue.put(Events(events, time.monotonic()))
+
+    def _alert(self, level: str, kind: str, message: str, extra: dict) -> None:
+        """The sweeper's alerts, raised by the loop like every other (bridge/alerts.py)."""
+        self.queue.put(Alert(level, kind, message, extra))
 
     def _on_stream_connected(self) -> None:
         log.info("event stream connected; reconciling open tasks")
