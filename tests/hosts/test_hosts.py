@@ -48,9 +48,9 @@ def cluster():
 
 
 def sentinel_supported() -> bool:
-    """Whether this tree understands ``redis+sentinel://`` URLs (the sentinel branch)."""
+    """Whether this tree understands ``redis+sentinel://`` URLs (redisurl.py)."""
     try:
-        import skald_redis  # noqa: F401  (the sentinel helper's module)
+        import redisurl  # noqa: F401
     except ImportError:
         return False
     return True
