@@ -81,13 +81,6 @@ worker_prefetch_multiplier = 1
 result_extended = True
 
 broker_connection_retry_on_startup = True
-# A result write or read that meets a Redis failover or restart is retried (capped backoff,
-# ~30 s in all) instead of failing the job: without this a job whose last image was done
-# ends FAILURE because storing its result raised ConnectionError.
-result_backend_always_retry = True
-result_backend_max_retries = 20
-result_backend_base_sleep_between_retries_ms = 50
-result_backend_max_sleep_between_retries_ms = 2000
 # Celery's consumer without its gossip step, which broke workers on a Redis restart
 # (tasks/consumer.py).
 worker_consumer = "tasks.consumer:Consumer"
@@ -95,3 +88,15 @@ worker_consumer = "tasks.consumer:Consumer"
 event_queue_expires = 60.0
 event_queue_ttl = 5.0
 worker_hijack_root_logger = False
+# The result backend's socket gives up a reply after 2 s, well inside BACKEND_RETRY_POLICY's
+# 5 s, so a write to a master whose host was cut off is retried (through the sentinels: on
+# the new master) instead of failing the job (Celery's default, 120 s, hung it that long;
+# seen on the several-hosts tier, tests/hosts/).
+redis_socket_timeout = 2.0
+# ...and a result write that fails on a connection error or timeout (a failover) is tried
+# again for ~30 s (0.1 s doubling to 2 s between tries) rather than failing a finished job.
+result_backend_always_retry = True
+result_backend_max_retries = 20
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
+redis_socket_keepalive = True

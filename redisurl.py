@@ -53,6 +53,7 @@ BACKOFF_CAP = 2.0             # s between retries at most
 # (the bridge's threads, the web's 503, a job's cancel check), so nothing waits on one
 # command for a whole failover.
 RETRIES = 3
+DEAD_PEER_SECONDS = 5         # a peer gone silent (its host cut off: no RST) is given up after ~this
 
 
 class RedisUrlError(ValueError):
@@ -165,6 +166,50 @@ def parse(url: str) -> RedisTarget:
 
 
 # -- redis-py -------------------------------------------------------------------------------------
+def dead_peer_options() -> dict[int, int]:
+    """TCP options (Linux; the ones the platform lacks are left out) that notice a silent peer.
+
+    A Redis host that is cut off sends no RST: a connection waiting for a reply (a
+    worker's BRPOP, a pub/sub listener) would wait for the kernel's two-hour keepalive,
+    and unacknowledged writes are retried for ~15 minutes. Keepalive probes after 2 s
+    idle, 1 s apart, 3 of them, and ``TCP_USER_TIMEOUT`` on unacknowledged data end such a
+    connection after about :data:`DEAD_PEER_SECONDS`, so the client reconnects (through
+    the sentinels: to the new master). Found on the several-hosts tier (tests/hosts/).
+    """
+    import socket
+
+    wanted = (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3),
+              ("TCP_USER_TIMEOUT", DEAD_PEER_SECONDS * 1000))
+    return {getattr(socket, name): value for name, value in wanted if hasattr(socket, name)}
+
+
+def follow_failover_on_reconnect() -> None:
+    """Make redis-py's Sentinel connections ask the sentinels again on every reconnect.
+
+    redis-py 8's ``SentinelManagedConnection`` asks the sentinels only in
+    ``connect()``; a command on a connection that was dropped reconnects through
+    ``send_packed_command`` -> ``connect_check_health`` to the address it had, the old
+    master, and retries it there. A killed master refuses at once and the next command
+    finds the new one; a master whose host is cut off makes every retry wait out the
+    connect timeout, and every process stalls for minutes (seen on the several-hosts
+    tier, tests/hosts/). Patched once per process, for redis-py, kombu and Celery alike
+    (all three use this class); idempotent.
+    """
+    from redis.sentinel import SentinelManagedConnection
+
+    if getattr(SentinelManagedConnection, "_skald_follows_failover", False):
+        return
+    send = SentinelManagedConnection.send_packed_command
+
+    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        if not self._sock:
+            self.connect()  # through the sentinels: the master as it is now
+        return send(self, command, check_health)
+
+    SentinelManagedConnection.send_packed_command = send_packed_command
+    SentinelManagedConnection._skald_follows_failover = True
+
+
 def client_kwargs(target: RedisTarget, **overrides: Any) -> dict[str, Any]:
     """redis-py keyword arguments for the data nodes: timeouts, retry with capped backoff, TLS."""
     from redis.backoff import ExponentialBackoff
@@ -175,7 +220,8 @@ def client_kwargs(target: RedisTarget, **overrides: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "db": target.db, "username": target.username, "password": target.password,
         "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_keepalive": True, "health_check_interval": 10,
+        "socket_keepalive": True, "socket_keepalive_options": dead_peer_options(),
+        "health_check_interval": 10,
         "retry": Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
     }
@@ -185,11 +231,13 @@ def client_kwargs(target: RedisTarget, **overrides: Any) -> dict[str, Any]:
 
 def sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
     """Keyword arguments of the connections to the sentinels themselves: short timeouts and
-    no retries, so a sentinel that is away costs one timeout before the next one is asked
-    (redis-py's default would retry it ten times)."""
+    no retries, so a sentinel that is away costs one timeout before the next one is asked."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    # No retries on a sentinel: redis-py 8 retries every connection 3 times with backoff
+    # by default, so a sentinel whose host is cut off held each master lookup for ~30 s
+    # before the next sentinel was asked (seen on the several-hosts tier, tests/hosts/).
     out: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0,
                            "retry": Retry(NoBackoff(), 0)}
     if target.sentinel_username:
@@ -216,8 +264,10 @@ def client(url: str, **overrides: Any):
     if target.kind == "unix":
         kwargs.pop("socket_connect_timeout", None)
         kwargs.pop("socket_keepalive", None)
+        kwargs.pop("socket_keepalive_options", None)
         return redis.Redis(unix_socket_path=target.path, **kwargs)
     if target.sentinel:
+        follow_failover_on_reconnect()
         if target.tls:
             kwargs.update(ssl=True, **target.ssl)
         manager = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs(target))
@@ -275,9 +325,11 @@ def kombu_options(url: str) -> dict[str, Any]:
     if not is_redis(url):
         return {"transport_options": {}, "use_ssl": None}
     target = parse(url)
-    options: dict[str, Any] = {}
+    # kombu waits for a BRPOP reply with no timeout: only TCP notices a silent master.
+    options: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": dead_peer_options()}
     if target.sentinel:
-        options = {"master_name": target.master, "sentinel_kwargs": sentinel_kwargs(target)}
+        follow_failover_on_reconnect()
+        options.update(master_name=target.master, sentinel_kwargs=sentinel_kwargs(target))
     return {"transport_options": options, "use_ssl": _celery_ssl(target)}
 
 
@@ -297,6 +349,7 @@ def backend_options(url: str) -> dict[str, Any]:
     if target.sentinel:
         # Celery passes no timeouts to the sentinels unless told: a dead sentinel host
         # would hang a result read for the kernel's TCP timeout.
+        follow_failover_on_reconnect()
         options = {"master_name": target.master, "sentinel_kwargs": sentinel_kwargs(target)}
     return {"transport_options": options, "use_ssl": _celery_ssl(target)}
 
