@@ -194,6 +194,18 @@ class Cluster:
                 continue
         raise RuntimeError("no sentinel answers")
 
+    def active_bridge(self) -> str:
+        """The bridge host whose lease token is the one in Redis now."""
+        import redisurl
+        from bridge.lease import LEASE_KEY
+
+        def holder() -> str | None:
+            token = redisurl.client(self.settings.redis_url).get(LEASE_KEY)
+            token = token.decode() if isinstance(token, bytes) else token
+            return next((b for b in ("bridge1", "bridge2")
+                         if token and f"lease {token}" in self.procs[b].log()), None)
+        return wait_for(holder, 30, interval=0.1, what="an active bridge")
+
     def replicas_in_sync(self) -> bool:
         """Whether the master has both other Redis servers as connected replicas."""
         import redis
@@ -236,7 +248,8 @@ class Cluster:
                 "--transport", transport, "--timeout", str(timeout), *task_ids]
         proc = self.h["watcher"].run(f"watch{len(self.h['watcher'].procs)}", argv, self.env)
         run = WatchRun(proc, out, task_ids, clients)
-        wait_for(lambda: run.has("ready") or not proc.alive(), 30, what="the watchers to connect")
+        wait_for(lambda: run.has("ready") or not proc.alive(), 90, interval=0.1,
+                 what="the watchers to connect")
         assert proc.alive() or run.has("finished"), proc.log()
         return run
 
