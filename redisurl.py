@@ -46,9 +46,13 @@ REDIS_PORT = 6379
 
 SOCKET_TIMEOUT = 5.0          # s a command may wait for its reply (a lost master is noticed)
 CONNECT_TIMEOUT = 3.0         # s a TCP (or TLS) connect may take; an unreachable host fails fast
-BACKOFF_BASE = 0.1            # s before the first retry of a failed command
+BACKOFF_BASE = 0.2            # s before the first retry of a failed command (doubling)
 BACKOFF_CAP = 2.0             # s between retries at most
-RETRIES = 6                   # retries of one command: ~8 s, longer than a Sentinel failover
+# Retries of one command (and, nested inside each, of its connect: redis-py retries both
+# with the same policy): a few seconds in all. Every caller keeps trying in its own loop
+# (the bridge's threads, the web's 503, a job's cancel check), so nothing waits on one
+# command for a whole failover.
+RETRIES = 3
 DEAD_PEER_SECONDS = 5         # a peer gone silent (its host cut off: no RST) is given up after ~this
 
 
@@ -226,7 +230,8 @@ def client_kwargs(target: RedisTarget, **overrides: Any) -> dict[str, Any]:
 
 
 def sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
-    """Keyword arguments of the connections to the sentinels themselves."""
+    """Keyword arguments of the connections to the sentinels themselves: short timeouts and
+    no retries, so a sentinel that is away costs one timeout before the next one is asked."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 

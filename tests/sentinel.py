@@ -86,12 +86,16 @@ class SentinelCluster:
         self.wrap = wrap or (lambda _host, argv: argv)
         self.binary = binary or redis_server_binary()
         self.quorum = sentinels // 2 + 1
-        hosts = data_hosts or ["127.0.0.1"] * (1 + replicas)
+        self._hosts = data_hosts or ["127.0.0.1"] * (1 + replicas)
+        self._sentinel_hosts = sentinel_hosts or ["127.0.0.1"] * sentinels
+        self._plan()
+
+    def _plan(self) -> None:
+        """Nodes on fresh free ports (again after a start that lost a port race)."""
         self.data: list[Node] = []
-        for i in range(1 + replicas):  # the first is the master, the others replicate it
-            self.data.append(self._data_node(f"redis{i}", hosts[i]))
-        shosts = sentinel_hosts or ["127.0.0.1"] * sentinels
-        self.sentinels = [self._sentinel_node(f"sentinel{i}", shosts[i]) for i in range(sentinels)]
+        for i, host in enumerate(self._hosts):  # the first is the master, the others replicate it
+            self.data.append(self._data_node(f"redis{i}", host))
+        self.sentinels = [self._sentinel_node(f"sentinel{i}", h) for i, h in enumerate(self._sentinel_hosts)]
 
     # -- configuration --------------------------------------------------------------
     def _data_node(self, name: str, host: str) -> Node:
@@ -168,14 +172,39 @@ class SentinelCluster:
         raise AssertionError(f"no data node at {host}:{port}")
 
     # -- life cycle -------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> SentinelCluster:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> SentinelCluster:
+        """Start every node and wait until the sentinels monitor the master and its replicas.
+
+        A free port can be taken by another process before a node binds it (the port
+        is only probed): then everything is planned again on new ports, ``attempts`` times.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except AssertionError:
+                died = [n.name for n in (*self.data, *self.sentinels) if n.proc and not n.alive()]
+                self.stop()
+                if not died or attempt == attempts - 1:
+                    raise AssertionError(f"Sentinel cluster did not start:\n{self.logs()}") from None
+                self._plan()
+        return self
+
+    def _start(self, timeout: float) -> SentinelCluster:
+        def up(nodes: list[Node], check: Callable[[], bool]) -> Callable[[], bool]:
+            def pred() -> bool:
+                if any(not n.alive() for n in nodes):
+                    raise AssertionError("a node exited")
+                return check()
+            return pred
         for node in self.data:
             node.start()
-        self._wait(lambda: all(self._answers(n) for n in self.data), timeout, "the data nodes")
-        self._wait(self._replicas_synced, timeout, "the replicas to sync")
+        self._wait(up(self.data, lambda: all(self._answers(n) for n in self.data)), timeout,
+                   "the data nodes")
+        self._wait(up(self.data, self._replicas_synced), timeout, "the replicas to sync")
         for node in self.sentinels:
             node.start()
-        self._wait(self._sentinels_agree, timeout, "the sentinels to find each other")
+        self._wait(up(self.sentinels, self._sentinels_agree), timeout,
+                   "the sentinels to find each other")
         return self
 
     def _answers(self, node: Node) -> bool:

@@ -253,6 +253,14 @@ class Watcher:
         self._lock = threading.Lock()
         self.sio.on("*", self._record)
         self.connect_kwargs = connect_kwargs
+        # python-engineio hands each message to a thread of its own, so two events sent
+        # 1 ms apart could be recorded in either order; record them in arrival order.
+        eio = self.sio.eio
+        trigger = eio._trigger_event
+
+        def in_arrival_order(event, *args, run_async=False, **kwargs):
+            return trigger(event, *args, run_async=run_async and event != "message", **kwargs)
+        eio._trigger_event = in_arrival_order
 
     def _record(self, event: str, data: object = None) -> None:
         with self._lock:

@@ -12,10 +12,13 @@
    store now says: the ending, or else the current snapshot. It runs in the
    listener before any message queued behind the confirmation, so nothing the
    bridge publishes after the snapshot is read can be missed.
-3. **One ending per client.** Every ending that reaches a task room goes only to
-   the members that have not had that task's ending yet (the hooks'
-   ``already_ended``); a catch-up and a late publish of the same ending can
+3. **One ending per client, nothing after it.** Every ending that reaches a task
+   room goes only to the members that have not had that task's ending yet (the
+   hooks' ``already_ended``); a catch-up and a late publish of the same ending can
    therefore never both reach a client (PROTOCOL.md: exactly one terminal event).
+   A ``progress_update`` skips the members that already had the ending (the hooks'
+   ``had_ending``): a client that joined as the job ended got the database's ending
+   from ``join_task`` while the bridge's last progress was still on its way.
 
 It also listens on :data:`web.accounts.AUTH_CHANNEL`: a credential change
 announced by any process (or the CLI) reaches the hooks' ``auth_changed``.
@@ -39,12 +42,14 @@ RETRY_CAP = 2.0     # s between attempts at most
 PUBSUB_TIMEOUT = 15.0  # s of silence before the subscription is made again (the bridge
                        # publishes metrics every <= 2 s while one is active)
 ENDINGS = frozenset(protocol.ENDING_EVENT.values())
+PROGRESS = protocol.PROGRESS_UPDATE
 ROOM_PREFIX = protocol.task_room("")
 
 
 class Hooks(Protocol):
     def catch_up(self, manager: MessageQueue) -> None: ...
     def already_ended(self, task_id: str, sids: list[str]) -> list[str]: ...
+    def had_ending(self, task_id: str, sids: list[str]) -> list[str]: ...
     def auth_changed(self, data: bytes) -> None: ...
 
 
@@ -118,11 +123,12 @@ class MessageQueue(socketio.RedisManager):
             return None
 
     def _handle_emit(self, message: dict) -> None:
-        room = message.get("room")
-        if (message.get("event") in ENDINGS and isinstance(room, str)
+        room, event = message.get("room"), message.get("event")
+        if ((event in ENDINGS or event == PROGRESS) and isinstance(room, str)
                 and room.startswith(ROOM_PREFIX) and (message.get("namespace") or "/") == "/"):
             sids = [sid for sid, _eio in self.get_participants("/", room)]
-            skip = self._hook("already_ended", room[len(ROOM_PREFIX):], sids) or []
+            hook = "already_ended" if event in ENDINGS else "had_ending"
+            skip = self._hook(hook, room[len(ROOM_PREFIX):], sids) or []
             if skip:
                 earlier = message.get("skip_sid")
                 earlier = [earlier] if isinstance(earlier, str) else list(earlier or [])
