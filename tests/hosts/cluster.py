@@ -43,7 +43,8 @@ def missing_programs() -> list[str]:
 
 
 class Cluster:
-    def __init__(self, base: Path, sentinel: bool = False) -> None:
+    def __init__(self, base: Path, sentinel: bool = False, env: dict[str, str] | None = None) -> None:
+        """``env``: more settings for every Skald process (e.g. the sweeper's, for the bench)."""
         self.base = base
         (base / "logs").mkdir(parents=True, exist_ok=True)
         self.net = Network(base / "logs")
@@ -64,7 +65,7 @@ class Cluster:
         self.env.update({"LEADER_TTL_SECONDS": "3", "VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
                          "HOSTS_IMAGE_SECONDS": str(IMAGE_SECONDS), "SOCKET_RATE": "1000",
                          "SOCKET_BURST": "1000", "WORKER_OFFLINE_AFTER": "5",
-                         "CONNECTIONS_PER_USER": "200"})
+                         "CONNECTIONS_PER_USER": "200", **(env or {})})
         self.lb_url = f"http://{self.h['lb'].address}:{LB_PORT}"
         self.procs: dict[str, Proc] = {}
         self._images = 0
@@ -178,6 +179,45 @@ class Cluster:
         except requests.RequestException:
             return False
 
+    def master(self) -> str:
+        """The Redis host the sentinels now name as master (asked from a reachable one)."""
+        import redis
+
+        by_address = {self.h[f"redis{i}"].address: f"redis{i}" for i in (1, 2, 3)}
+        for i in (1, 2, 3):
+            try:
+                sentinel = redis.Redis(host=self.h[f"redis{i}"].address, port=26379,
+                                       socket_timeout=1, socket_connect_timeout=1)
+                host, _port = sentinel.sentinel_get_master_addr_by_name(MASTER)
+                return by_address[host.decode() if isinstance(host, bytes) else host]
+            except (redis.RedisError, OSError, TypeError):
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def active_bridge(self) -> str:
+        """The bridge host whose lease token is the one in Redis now."""
+        import redisurl
+        from bridge.lease import LEASE_KEY
+
+        def holder() -> str | None:
+            token = redisurl.client(self.settings.redis_url).get(LEASE_KEY)
+            token = token.decode() if isinstance(token, bytes) else token
+            return next((b for b in ("bridge1", "bridge2")
+                         if token and f"lease {token}" in self.procs[b].log()), None)
+        return wait_for(holder, 30, interval=0.1, what="an active bridge")
+
+    def replicas_in_sync(self) -> bool:
+        """Whether the master has both other Redis servers as connected replicas."""
+        import redis
+
+        try:
+            info = redis.Redis(host=self.h[self.master()].address, port=6379, socket_timeout=1,
+                               socket_connect_timeout=1).info("replication")
+        except (redis.RedisError, OSError, RuntimeError):
+            return False
+        return info.get("connected_slaves") == 2 and all(
+            info.get(f"slave{i}", {}).get("state") == "online" for i in (0, 1))
+
     # -- using it --------------------------------------------------------------------
     def user(self, name: str) -> dict:
         from tasks.db import session_scope
@@ -208,7 +248,8 @@ class Cluster:
                 "--transport", transport, "--timeout", str(timeout), *task_ids]
         proc = self.h["watcher"].run(f"watch{len(self.h['watcher'].procs)}", argv, self.env)
         run = WatchRun(proc, out, task_ids, clients)
-        wait_for(lambda: run.has("ready") or not proc.alive(), 30, what="the watchers to connect")
+        wait_for(lambda: run.has("ready") or not proc.alive(), 90, interval=0.1,
+                 what="the watchers to connect")
         assert proc.alive() or run.has("finished"), proc.log()
         return run
 
