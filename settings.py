@@ -182,6 +182,14 @@ class Settings:
     reconcile_seconds: float = env("RECONCILE_SECONDS", 30.0, number(0.1))
     snapshot_ttl_seconds: int = env("SNAPSHOT_TTL_SECONDS", WEEK, integer(60))
     leader_ttl_seconds: float = env("LEADER_TTL_SECONDS", 3.0, number(0.2))
+    sweep_after: float = env(
+        "SWEEP_AFTER", 120.0, number(0.5),
+        doc="s a job may go without progress, task record, result or broker message before the "
+            "active bridge's sweeper sends it again (same task id); also how long an ending the "
+            "database holds may be missing from Redis before it is written back")
+    sweep_seconds: float = env("SWEEP_SECONDS", 30.0, number(0.2),
+                               doc="s between two sweeps (a lost job is resubmitted on the second "
+                                   "sweep that finds it lost)")
     progress_poll_seconds: float = env(
         "PROGRESS_POLL_SECONDS", 0.5, number(0.1, 60, clamp=True),
         doc="s between reads of the result backend for watched open tasks whose progress comes "

@@ -21,9 +21,9 @@ BUILT_IN = ("ingest", "latency", "watchers", "memory", "cancel", "overhead")
 
 def _modules() -> list[str]:
     """Every benchmark, in the order ``bench.run`` runs them."""
-    from bench.run import ORDER
+    from bench.run import OPT_IN, ORDER
 
-    return list(ORDER)
+    return [*ORDER, *OPT_IN]
 
 
 def _hook(name: str, attr: str):

@@ -81,6 +81,10 @@ class Alerts:
                             f"the bridge is {lag:.1f}s behind the event stream "
                             f"({waiting} events waiting)", lag=round(lag, 3), backlog=waiting)]
 
+    def notice(self, level: str, kind: str, now: float, message: str, **extra: Any) -> Update:
+        """An alert decided elsewhere (the sweeper: ``job_resubmitted``, ``job_lost``)."""
+        return self._alert(level, kind, now, message, **extra)
+
     def _edge(self, kind: str, over: bool, cleared: bool) -> bool:
         """True the first time ``over`` holds, and again only after ``cleared`` held."""
         if not over:

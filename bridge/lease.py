@@ -8,9 +8,17 @@ import redis
 
 LEASE_KEY = "skald:bridge:leader"
 
+# Renew; or take the lease again when it is gone and nobody else holds it (a Redis failover
+# or restart can lose the key, or let it expire while the leader could not reach Redis).
+# Emitting stays fenced: the publish script checks the holder on every write.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -35,6 +43,8 @@ class Lease:
         return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:
+        """True while this bridge holds the lease; a lease that is gone (lost in a failover,
+        or expired while Redis was away) and held by nobody else is taken again."""
         return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
 
     def release(self) -> None:

@@ -63,7 +63,17 @@ class Command:
     request: Request | None
 
 
-Item = Events | Connected | Command
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An ``admin_alert`` raised outside the step (the sweeper, bridge/sweeper.py)."""
+
+    level: str
+    kind: str
+    message: str
+    extra: dict = field(default_factory=dict)
+
+
+Item = Events | Connected | Command | Alert
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +178,8 @@ class Processor:
                 ids.update(e["uuid"] for e in item.events if self._wants_results(e))
             elif isinstance(item, Connected):
                 ids.update(t.task_id for t in self.board.open_tasks())
+            elif isinstance(item, Alert):
+                continue
             elif item.request is not None and not self._ended(item.request.task_id):
                 ids.add(item.request.task_id)
         if self._reconcile_all:
@@ -197,6 +209,9 @@ class Processor:
                 out.events += len(item.events)
             elif isinstance(item, Connected):
                 self._reconcile_all = True
+            elif isinstance(item, Alert):
+                change.updates.append(self.cluster.alerts.notice(
+                    item.level, item.kind, now, item.message, **item.extra))
             else:
                 self._command(item, metas, now, change, out, check)
         if self._reconcile_all and metas is not None:

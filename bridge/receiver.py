@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from celery import Celery
 from celery.utils.time import utcoffset
 from kombu.exceptions import KombuError
 
+import redisurl
 from tasks import wire
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ BACKOFF_CAP = 5.0
 BATCH_MAX = 2000  # events handed over at once at most
 READ_SIZE = 1 << 20  # bytes read from the socket at once (about 1 000 single events)
 IDLE_WAIT = 1.0  # s a read waits before checking for a stop request
+PING_AFTER = 5.0  # s of silence before a PING; as long again without a reply: reconnect
 
 Sink = Callable[[list[dict]], None]
 
@@ -96,8 +99,7 @@ class RedisEventReader(_Reconnecting):
         # from PSUBSCRIBE on, the replies are read straight off the socket with
         # hiredis's parser: redis-py's PubSub spends more per message than the
         # bridge's decoding does (bench/LEVERS.md).
-        client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=5,
-                                      socket_keepalive=True, health_check_interval=0)
+        client = redisurl.client(self.broker_url, health_check_interval=0)
         conn = client.connection_pool.make_connection()
         try:
             conn.connect()
@@ -106,13 +108,24 @@ class RedisEventReader(_Reconnecting):
             sock.settimeout(IDLE_WAIT)  # so a stop request is noticed while idle
             parser = hiredis.Reader()
             buffer = bytearray(READ_SIZE)
+            heard = time.monotonic()  # when the broker last sent anything
+            pinged = False
             while not self._stopping.is_set():
                 try:
                     n = sock.recv_into(buffer)
                 except TimeoutError:
+                    # Silence: ask (PING is allowed while subscribed); no answer either
+                    # means a half-open connection (the master's host cut off).
+                    quiet = time.monotonic() - heard
+                    if quiet > 2 * PING_AFTER:
+                        raise ConnectionError(f"the broker has been silent for {quiet:.0f}s") from None
+                    if quiet > PING_AFTER and not pinged:
+                        conn.send_command("PING")
+                        pinged = True
                     continue
                 if n == 0:
                     raise ConnectionError("the broker closed the connection")
+                heard, pinged = time.monotonic(), False
                 parser.feed(buffer, 0, n)
                 events: list[dict] = []
                 offset = utcoffset()

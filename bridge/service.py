@@ -33,12 +33,14 @@ from celery.exceptions import BackendError
 from kombu.exceptions import KombuError
 
 import protocol
+import redisurl
 from bridge import reconcile, records, store
 from bridge.commands import CommandReader, handle_cancel
 from bridge.emitter import LeaseLost, Ops, Publisher
 from bridge.lease import Lease
 from bridge.processor import (
     BATCH,
+    Alert,
     CancelFlag,
     Command,
     Connected,
@@ -56,6 +58,7 @@ from bridge.processor import (
 from bridge.queues import DISCOVER_SECONDS, QueueProbe, consumed_names
 from bridge.receiver import event_reader
 from bridge.records import RecordWriter
+from bridge.sweeper import Sweeper
 from bridge.webhook import Webhook
 from protocol import ADMIN_ALERT
 from settings import Settings
@@ -73,9 +76,7 @@ class Bridge:
                  client: redis.Redis | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.app = app or make_celery(settings)
-        self.client = client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-            health_check_interval=10, retry_on_timeout=True)
+        self.client = client or redisurl.client(settings.redis_url, socket_timeout=10)
         self.clock = clock
         self.store = store.SnapshotStore(self.client)
         self.writer = RecordWriter(settings.snapshot_ttl_seconds, settings.bridge_max_tasks)
@@ -142,8 +143,11 @@ class Bridge:
             raise LeaseLost("lease lost while loading state")
         receiver = event_reader(self.app, self.settings.broker_url, self.enqueue_events,
                                 self._on_stream_connected)
+        # The sweeper (bridge/sweeper.py) has one owner: the bridge holding the lease.
+        sweeper = Sweeper(self.settings, self.app, self.client, self._alert)
         threads += [threading.Thread(target=self._commands, args=(lost,), name="commands", daemon=True),
-                    threading.Thread(target=self._poll_gauges, args=(lost,), name="gauges", daemon=True)]
+                    threading.Thread(target=self._poll_gauges, args=(lost,), name="gauges", daemon=True),
+                    threading.Thread(target=sweeper.run, args=(lost,), name="sweeper", daemon=True)]
         receiver.start()
         for thread in threads[1:]:
             thread.start()
@@ -188,6 +192,10 @@ class Bridge:
     def enqueue_events(self, events: list[dict]) -> None:
         """The receiver's sink (blocks when the queue is full: Redis then drops us)."""
         self.queue.put(Events(events, time.monotonic()))
+
+    def _alert(self, level: str, kind: str, message: str, extra: dict) -> None:
+        """The sweeper's alerts, raised by the loop like every other (bridge/alerts.py)."""
+        self.queue.put(Alert(level, kind, message, extra))
 
     def _on_stream_connected(self) -> None:
         log.info("event stream connected; reconciling open tasks")

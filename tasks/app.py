@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery
 from celery.signals import celeryd_after_setup
 
 import celeryconfig
+import redisurl
 from settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -19,10 +21,19 @@ def make_celery(settings: Settings | None = None, include_tasks: bool = False) -
     name. The worker's app (``app`` below) includes it.
     """
     settings = settings or load_settings()
+    _cli_broker_in_kombu_form()
     celery = Celery("skald", include=["tasks.caption"] if include_tasks else [])
     celery.config_from_object(celeryconfig)
     celery.conf.update(celeryconfig.for_settings(settings))
     return celery
+
+
+def _cli_broker_in_kombu_form() -> None:
+    """The ``celery`` command reads ``BROKER_URL`` into ``CELERY_BROKER_URL``, which wins
+    over the config: give it kombu's spelling of a Sentinel or TLS URL (redisurl.py)."""
+    raw = os.environ.get("CELERY_BROKER_URL")
+    if raw and redisurl.is_redis(raw):
+        os.environ["CELERY_BROKER_URL"] = redisurl.kombu_url(raw)
 
 
 app = make_celery(include_tasks=True)

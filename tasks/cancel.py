@@ -10,6 +10,8 @@ import functools
 
 import redis
 
+import redisurl
+
 CANCEL_KEY_PREFIX = "skald:cancel:"
 CANCEL_FLAG_TTL = 7 * 24 * 3600
 
@@ -28,6 +30,6 @@ def is_cancel_requested(client: redis.Redis, task_id: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def redis_client(url: str) -> redis.Redis:
-    """One client (and connection pool) per URL per process."""
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
-                                health_check_interval=30, retry_on_timeout=True)
+    """One client (and connection pool) per URL per process; any form of ``REDIS_URL``
+    (redisurl.py: TLS, Sentinel), retried with capped backoff across a failover."""
+    return redisurl.client(url)

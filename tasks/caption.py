@@ -18,6 +18,7 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_process_shutdown
 from redis.exceptions import RedisError
+from sqlalchemy import select
 
 from settings import Settings, load_settings
 from tasks import events
@@ -122,6 +123,11 @@ def _record(settings: Settings, job_id: int, image_id: int, captioner: str, made
     now = time.time()
     text = made.text if made is not None else None
     with session_scope(settings.database_url) as db:
+        if db.scalar(select(Caption.id).where(Caption.image_id == image_id)) is not None:
+            # Another copy of this job made it first: a message redelivered while the
+            # worker holding it was cut off, which then came back and went on. Keep theirs.
+            log.info("job %s: image %s already captioned by another run", job_id, image_id)
+            return
         db.add(Caption(image_id=image_id, text=text, generated=text, error=error,
                        captioner=made.captioner if made is not None else captioner,
                        stages=",".join(made.stages)[:255] if made is not None else None,

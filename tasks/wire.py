@@ -19,12 +19,12 @@ import binascii
 import json
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
+import redisurl
+
 EXCHANGE = "celeryev"
-REDIS_SCHEMES = ("redis", "rediss")  # kombu's Redis transport over TCP and TLS
 CONTENT_TYPE = "application/json"
 
 
@@ -33,12 +33,13 @@ class WireError(ValueError):
 
 
 def is_redis(broker_url: str | None) -> bool:
-    """Whether events on this broker travel in this format (else: Celery's own receiver)."""
-    return bool(broker_url) and urlsplit(broker_url).scheme in REDIS_SCHEMES
+    """Whether events on this broker travel in this format (else: Celery's own receiver):
+    Redis over TCP or TLS, directly or through Sentinel (redisurl.py's forms)."""
+    return redisurl.is_redis(broker_url) and not (broker_url or "").startswith("unix:")
 
 
 def _db(broker_url: str) -> str:
-    return (urlsplit(broker_url).path or "/0").strip("/") or "0"
+    return str(redisurl.parse(broker_url).db)
 
 
 def channel_prefix(broker_url: str) -> str:

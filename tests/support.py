@@ -40,6 +40,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "CAPTIONER": settings.captioner,
         "RECONCILE_SECONDS": str(settings.reconcile_seconds),
         "CANCEL_GRACE_SECONDS": str(settings.cancel_grace_seconds),
+        "SWEEP_AFTER": str(settings.sweep_after),
+        "SWEEP_SECONDS": str(settings.sweep_seconds),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
     })
@@ -253,6 +255,14 @@ class Watcher:
         self._lock = threading.Lock()
         self.sio.on("*", self._record)
         self.connect_kwargs = connect_kwargs
+        # python-engineio hands each message to a thread of its own, so two events sent
+        # 1 ms apart could be recorded in either order; record them in arrival order.
+        eio = self.sio.eio
+        trigger = eio._trigger_event
+
+        def in_arrival_order(event, *args, run_async=False, **kwargs):
+            return trigger(event, *args, run_async=run_async and event != "message", **kwargs)
+        eio._trigger_event = in_arrival_order
 
     def _record(self, event: str, data: object = None) -> None:
         with self._lock:

@@ -50,9 +50,9 @@ def set_maintenance(client: redis.Redis, active: bool, message: str = "",
 
 def announce(redis_url: str, status: dict[str, Any]) -> None:
     """Tell every connected client, on every web process, through the message queue."""
-    from flask_socketio import SocketIO
-
     from protocol import MAINTENANCE_STATUS, SOCKETIO_CHANNEL
+    from web.messagequeue import MessageQueue
 
-    SocketIO(message_queue=redis_url, channel=SOCKETIO_CHANNEL).emit(
+    # Our manager, not Flask-SocketIO's pick by URL (it would take a Sentinel URL for kombu).
+    MessageQueue(redis_url, channel=SOCKETIO_CHANNEL, write_only=True).emit(
         MAINTENANCE_STATUS, status, namespace="/")

@@ -12,10 +12,13 @@
    store now says: the ending, or else the current snapshot. It runs in the
    listener before any message queued behind the confirmation, so nothing the
    bridge publishes after the snapshot is read can be missed.
-3. **One ending per client.** Every ending that reaches a task room goes only to
-   the members that have not had that task's ending yet (the hooks'
-   ``already_ended``); a catch-up and a late publish of the same ending can
+3. **One ending per client, nothing after it.** Every ending that reaches a task
+   room goes only to the members that have not had that task's ending yet (the
+   hooks' ``already_ended``); a catch-up and a late publish of the same ending can
    therefore never both reach a client (PROTOCOL.md: exactly one terminal event).
+   A ``progress_update`` skips the members that already had the ending (the hooks'
+   ``had_ending``): a client that joined as the job ended got the database's ending
+   from ``join_task`` while the bridge's last progress was still on its way.
 
 It also listens on :data:`web.accounts.AUTH_CHANNEL`: a credential change
 announced by any process (or the CLI) reaches the hooks' ``auth_changed``.
@@ -29,19 +32,24 @@ from typing import Any, Protocol
 import socketio
 
 import protocol
+import redisurl
 from web.accounts import AUTH_CHANNEL
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.1   # s before the first re-subscribe attempt
 RETRY_CAP = 2.0     # s between attempts at most
+PUBSUB_TIMEOUT = 15.0  # s of silence before the subscription is made again (the bridge
+                       # publishes metrics every <= 2 s while one is active)
 ENDINGS = frozenset(protocol.ENDING_EVENT.values())
+PROGRESS = protocol.PROGRESS_UPDATE
 ROOM_PREFIX = protocol.task_room("")
 
 
 class Hooks(Protocol):
     def catch_up(self, manager: MessageQueue) -> None: ...
     def already_ended(self, task_id: str, sids: list[str]) -> list[str]: ...
+    def had_ending(self, task_id: str, sids: list[str]) -> list[str]: ...
     def auth_changed(self, data: bytes) -> None: ...
 
 
@@ -51,7 +59,8 @@ class MessageQueue(socketio.RedisManager):
     name = "skald-redis"
 
     def __init__(self, url: str, channel: str, **kwargs: Any) -> None:
-        super().__init__(url, channel=channel, **kwargs)
+        self.source_url = url  # REDIS_URL as given; python-socketio sees its own form
+        super().__init__(redisurl.socketio_url(url), channel=channel, **kwargs)
         self.hooks: Hooks | None = None
         self.subscriptions = 0  # confirmations seen (tests and logs)
 
@@ -62,12 +71,11 @@ class MessageQueue(socketio.RedisManager):
                 old.close()
             except Exception as exc:  # noqa: BLE001 - a dead connection may fail to close
                 log.debug("closing the old subscription: %s", exc)
-        module = self._get_redis_module()
-        if self.redis_url.startswith(("redis+sentinel", "valkey+sentinel")):
-            super()._redis_connect()
-        else:
-            self.redis = module.Redis.from_url(self.redis_url, socket_keepalive=True,
-                                               **self.redis_options)
+        # Every form of REDIS_URL (redisurl.py): Sentinel with its credentials and TLS,
+        # which python-socketio's own parser does not know. A silent connection (a
+        # master's host cut off) times out and is made again, asking the sentinels anew.
+        self.redis = redisurl.client(self.source_url, **{"socket_timeout": PUBSUB_TIMEOUT,
+                                                         **self.redis_options})
         # Subscribe confirmations are wanted: each one starts a catch-up.
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
         self.connected = True
@@ -115,11 +123,12 @@ class MessageQueue(socketio.RedisManager):
             return None
 
     def _handle_emit(self, message: dict) -> None:
-        room = message.get("room")
-        if (message.get("event") in ENDINGS and isinstance(room, str)
+        room, event = message.get("room"), message.get("event")
+        if ((event in ENDINGS or event == PROGRESS) and isinstance(room, str)
                 and room.startswith(ROOM_PREFIX) and (message.get("namespace") or "/") == "/"):
             sids = [sid for sid, _eio in self.get_participants("/", room)]
-            skip = self._hook("already_ended", room[len(ROOM_PREFIX):], sids) or []
+            hook = "already_ended" if event in ENDINGS else "had_ending"
+            skip = self._hook(hook, room[len(ROOM_PREFIX):], sids) or []
             if skip:
                 earlier = message.get("skip_sid")
                 earlier = [earlier] if isinstance(earlier, str) else list(earlier or [])

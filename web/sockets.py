@@ -201,6 +201,10 @@ class RoomHooks:
         """The members that already had ``task_id``'s ending (the rest are marked as having it)."""
         return [sid for sid in sids if not self.conns.claim_ending(sid, task_id)]
 
+    def had_ending(self, task_id: str, sids: list[str]) -> list[str]:
+        """The members that already had ``task_id``'s ending (a progress_update skips them)."""
+        return [sid for sid in sids if self.conns.has_ending(sid, task_id)]
+
     def catch_up(self, manager: Any) -> None:
         """Re-send to every task room here the ending, or else the snapshot, the store holds."""
         rooms = [r for r in manager.rooms.get("/", {}) if isinstance(r, str)
