@@ -51,36 +51,125 @@ class RecordWriter:
         ops.zremrangebyrank(protocol.INDEX_KEY, 0, -self.max_tasks - 1)
 
 
+# Chunked sorted sets (the explorer's index; layout in protocol.py): a logical set is a
+# directory (chunk id -> lowest score it covers) and chunks of <= CHUNK members (SPLIT at
+# most), small enough for Redis to keep as listpacks (~40 B an entry instead of ~128 in a
+# skiplist past 128 members). Chunk i holds the scores in [lo_i, lo_i+1), so a walk in
+# score order visits chunks in directory order. Scores travel as strings: a Lua number
+# would be formatted with 14 digits only.
+CHUNK = 100
+SPLIT = 120
+INDEX_LUA = """
+local CHUNK, SPLIT, SEQ, CPRE = @CHUNK, @SPLIT, '@SEQ', '@CPRE'
+local function ix_chunk(dir, score)
+  local c = redis.call('ZREVRANGEBYSCORE', dir, score, '-inf', 'LIMIT', 0, 1)
+  if c[1] then return c[1] end
+  return redis.call('ZRANGE', dir, 0, 0)[1]
+end
+local function ix_split(dir, key)
+  local n = redis.call('ZCARD', key)
+  local b = redis.call('ZRANGE', key, math.floor(n / 2), math.floor(n / 2), 'WITHSCORES')[2]
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
+  if tonumber(b) <= tonumber(first) then
+    local nxt = redis.call('ZRANGEBYSCORE', key, '(' .. b, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if not nxt[1] then return end
+    b = nxt[2]
+  end
+  local moved = redis.call('ZRANGEBYSCORE', key, b, '+inf', 'WITHSCORES')
+  local id = redis.call('INCR', SEQ)
+  local args = {}
+  for i = 1, #moved, 2 do args[#args + 1] = moved[i + 1]; args[#args + 1] = moved[i] end
+  redis.call('ZADD', CPRE .. id, unpack(args))
+  redis.call('ZREMRANGEBYSCORE', key, b, '+inf')
+  redis.call('ZADD', dir, b, id)
+end
+local function ix_add(dir, score, member)
+  local id = ix_chunk(dir, score)
+  if not id then
+    id = redis.call('INCR', SEQ)
+    redis.call('ZADD', dir, score, id)
+  else
+    if tonumber(score) < tonumber(redis.call('ZSCORE', dir, id)) then
+      redis.call('ZADD', dir, score, id)
+    end
+    local key = CPRE .. id
+    if redis.call('ZCARD', key) >= CHUNK and redis.call('ZREVRANGE', dir, 0, 0)[1] == id then
+      local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')[2]
+      if top and tonumber(score) > tonumber(top) then
+        id = redis.call('INCR', SEQ)
+        redis.call('ZADD', dir, score, id)
+      end
+    end
+  end
+  local key = CPRE .. id
+  redis.call('ZADD', key, score, member)
+  if redis.call('ZCARD', key) > SPLIT then ix_split(dir, key) end
+end
+local function ix_rem(dir, score, member)
+  local id = ix_chunk(dir, score)
+  if not id then return end
+  local key = CPRE .. id
+  if redis.call('ZREM', key, member) == 1 and redis.call('EXISTS', key) == 0 then
+    redis.call('ZREM', dir, id)
+  end
+end
+""".replace("@CHUNK", str(CHUNK)).replace("@SPLIT", str(SPLIT)).replace(
+    "@SEQ", protocol.IX_SEQ).replace("@CPRE", protocol.IX_CHUNK)
+
+SCRIPT = INDEX_LUA + """
+if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local c, n = ARGV[i], tonumber(ARGV[i + 1])
+  if c == 'IXADD' then ix_add(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+  elseif c == 'IXREM' then ix_rem(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+  else redis.call(c, unpack(ARGV, i + 2, i + 1 + n)) end
+  i = i + 2 + n
+end
+return 1
+"""
+"""The publisher's one script: the lease check (KEYS[1], '' for none; ARGV[1] the token),
+then ARGV[2] commands as (name, count, args...); IXADD/IXREM (dir, score, member) are the
+chunked index's add and remove."""
+
+
 def index_ops(member: bytes, was: tuple | None, now: tuple | None) -> list[tuple]:
-    """The Redis commands that move ``member`` from index entry ``was`` to ``now`` (either
+    """The commands that move ``member`` from index entry ``was`` to ``now`` (either
     None: added, or removed); pure, so the rules are tested without Redis. Entries are
-    ``protocol.IndexEntry``: (state, name, worker, received, started, runtime)."""
+    ``protocol.IndexEntry``: (state, name, worker, received, started, runtime). IXADD and
+    IXREM (set, score, member) act on a chunked set (:data:`SCRIPT`)."""
     cmds: list[tuple] = []
     for i, facet in enumerate(protocol.FACETS):
         old = protocol.facet_key(facet, was[i]) if was is not None else None
         new = protocol.facet_key(facet, now[i]) if now is not None else None
-        if old is not None and old != new:
-            cmds.append(("ZREM", old, member))
+        if old is not None and (old != new or was[3] != now[3]):
+            cmds.append(("IXREM", old, was[3], member))
         if new is not None and (new != old or was[3] != now[3]):
-            cmds.append(("ZADD", new, now[3], member))
+            cmds.append(("IXADD", new, now[3], member))
             if facet != "state" and (was is None or was[i] != now[i]):
                 cmds.append(("ZADD", protocol.IX_NAMES if facet == "name" else protocol.IX_WORKERS,
                              0, now[i]))
     for i, key in ((4, protocol.IX_STARTED), (5, protocol.IX_RUNTIME)):
         old_v = was[i] if was is not None else None
         new_v = now[i] if now is not None else None
-        if new_v is None and old_v is not None:
-            cmds.append(("ZREM", key, member))
-        elif new_v is not None and new_v != old_v:
-            cmds.append(("ZADD", key, new_v, member))
+        if old_v is not None and new_v != old_v:
+            cmds.append(("IXREM", key, old_v, member))
+        if new_v is not None and new_v != old_v:
+            cmds.append(("IXADD", key, new_v, member))
     return cmds
 
 
 def index(ops: Any, member: bytes, was: tuple | None, now: tuple | None) -> None:
-    """Add :func:`index_ops`' commands to ``ops`` (an ``emitter.Ops``, or a redis pipeline)."""
-    add = getattr(ops, "raw", None) or ops.execute_command
-    for cmd in index_ops(member, was, now):
-        add(*cmd)
+    """Add :func:`index_ops`' commands to ``ops`` (an ``emitter.Ops``; or a redis pipeline,
+    which then runs :data:`SCRIPT` without a lease)."""
+    cmds = index_ops(member, was, now)
+    add = getattr(ops, "raw", None)
+    if add is not None:
+        for cmd in cmds:
+            add(*cmd)
+    elif cmds:
+        flat = [a for cmd in cmds for a in (cmd[0], len(cmd) - 1, *cmd[1:])]
+        ops.eval(SCRIPT, 1, "", "", len(cmds), *flat)
 
 
 def backfill(ops: Any, records: list[Record]) -> None:
