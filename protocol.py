@@ -164,7 +164,7 @@ def record_row(record: Record) -> dict:
 # Each "set" below is a chunked sorted set (bridge/records.py: one writer, Lua in the
 # publisher's lease-checked script): the key itself is a directory, a sorted set of chunk
 # ids scored by the lowest score each chunk covers, and the members live in chunks
-# skald:ix:c:<id> (ids from the counter skald:ix:seq) of at most ~120 members, so Redis
+# skald:ix:c:<id> (ids from the counter skald:ix:seq) of at most 80 members, so Redis
 # keeps every chunk as a listpack (~40 B an entry; a sorted set past 128 members is a
 # skiplist, ~128 B an entry). Chunk i holds the scores in [lo_i, lo_i+1): a walk in score
 # order goes through the chunks in directory order (bridge/explorer.py).
