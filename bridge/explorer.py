@@ -4,7 +4,9 @@ It reads the index the bridge keeps beside the task records (layouts in
 ``protocol.py``, written by ``bridge/records.py``) and never scans every
 record. A query becomes a list of *segments*, each one or more sorted sets
 walked in score order (several are merged, e.g. the per-state sets for the
-newest-first list of everything):
+newest-first list of everything). Each of those sets is chunked (a directory of
+listpack-sized chunks, ``protocol.py``); one Lua call (:data:`_RANGE_LUA`) walks a
+set's chunks in order, so the reader sees one sorted set:
 
 - ``sort=received``: the smallest sorted set among the facets filtered on
   (state, name, worker; each scored by received time), else every per-state
@@ -184,8 +186,9 @@ def merge(rows: list[list[tuple[bytes, float]]], desc: bool, n: int) -> list[tup
 
 
 def plan(query: Query, sizes: dict[str, int], names: list[str]) -> list[Segment]:
-    """The segments ``query`` walks, given the sizes of the filtered facets' sorted sets
-    and the known task names (for ``sort=name``)."""
+    """The segments ``query`` walks, given the sizes of the filtered facets' sets (their
+    chunk counts: an estimate, enough to pick the smallest) and the known task names (for
+    ``sort=name``)."""
     facets = {f: getattr(query, f) for f in protocol.FACETS if getattr(query, f) is not None}
     if query.sort == "received":
         if facets:
