@@ -161,12 +161,22 @@ def record_row(record: Record) -> dict:
 
 
 # -- the task explorer's index (bridge/records.py writes it, bridge/explorer.py reads it) --------
-# skald:ix:state:<STATE>    sorted set: member -> received time (one per state)
-# skald:ix:name:<name>      sorted set: member -> received time ("" while the name is unknown)
-# skald:ix:worker:<host>    sorted set: member -> received time ("" until a worker started it)
-# skald:ix:names / :workers sorted sets of the facet values above (score 0: read by lex order)
-# skald:ix:started          sorted set: member -> started time (tasks that started)
-# skald:ix:runtime          sorted set: member -> runtime in s (tasks that ended with one)
+# Each "set" below is a chunked sorted set (bridge/records.py: one writer, Lua in the
+# publisher's lease-checked script): the key itself is a directory, a sorted set of chunk
+# ids scored by the lowest score each chunk covers, and the members live in chunks
+# skald:ix:c:<id> (ids from the counter skald:ix:seq) of at most 80 members, so Redis
+# keeps every chunk as a listpack (~40 B an entry; a sorted set past 128 members is a
+# skiplist, ~128 B an entry). Chunk i holds the scores in [lo_i, lo_i+1): a walk in score
+# order goes through the chunks in directory order (bridge/explorer.py).
+# skald:ix:state:<STATE>    set: member -> received time (one per state)
+# skald:ix:name:<name>      set: member -> received time ("" while the name is unknown)
+# skald:ix:worker:<host>    set: member -> received time ("" until a worker started it)
+# skald:ix:names / :workers plain sorted sets of the facet values above (score 0: lex order)
+# skald:ix:started          set: member -> started time (tasks that started)
+# skald:ix:runtime          set: member -> runtime in s (tasks that ended with one)
+# skald:ix:ready            the layout version (IX_VERSION) once the index covers the stored
+#                           records; a bridge finding another value (or none) drops every
+#                           skald:ix:* key and backfills from the records.
 # "updated" is INDEX_KEY's order. "received" is when Skald first heard of the task (its
 # task-sent or task-received event, or its submission) and never changes, so a page
 # walked by it is stable while tasks arrive and change. A member is the task id's 16 bytes
@@ -176,7 +186,10 @@ IX_NAMES = "skald:ix:names"
 IX_WORKERS = "skald:ix:workers"
 IX_STARTED = "skald:ix:started"
 IX_RUNTIME = "skald:ix:runtime"
-IX_READY = "skald:ix:ready"   # set once the index covers the stored records (a backfill ran)
+IX_READY = "skald:ix:ready"   # IX_VERSION once the index covers the stored records
+IX_VERSION = "2"              # 1 (no value check): plain sorted sets; 2: chunked sets
+IX_CHUNK = "skald:ix:c:"      # + chunk id: one chunk of a chunked set
+IX_SEQ = "skald:ix:seq"       # the last chunk id given
 FACETS = ("state", "name", "worker")
 SORTS = ("received", "started", "updated", "runtime", "name", "state")
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import redis
 
-from bridge.records import RecordWriter
+from bridge.records import SCRIPT, RecordWriter
 from bridge.state import Update
 from protocol import SOCKETIO_CHANNEL
 
@@ -144,18 +144,6 @@ class Ops:
         self._add("PUBLISH", channel, message)
 
 
-_SCRIPT = """
-if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do
-  local n = tonumber(ARGV[i + 1])
-  redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
-  i = i + 2 + n
-end
-return 1
-"""
-
-
 class LeaseLost(Exception):
     """The script refused to write: another bridge holds the lease."""
 
@@ -173,7 +161,7 @@ class Publisher:
         self.channel = channel
         self.chunk = chunk
         self.host_id = uuid.uuid4().hex
-        self._script = client.register_script(_SCRIPT)
+        self._script = client.register_script(SCRIPT)
         self.skipped = 0
 
     def encode(self, update: Update) -> bytes:

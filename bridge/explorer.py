@@ -4,7 +4,9 @@ It reads the index the bridge keeps beside the task records (layouts in
 ``protocol.py``, written by ``bridge/records.py``) and never scans every
 record. A query becomes a list of *segments*, each one or more sorted sets
 walked in score order (several are merged, e.g. the per-state sets for the
-newest-first list of everything):
+newest-first list of everything). Each of those sets is chunked (a directory of
+listpack-sized chunks, ``protocol.py``); one Lua call (:data:`_RANGE_LUA`) walks a
+set's chunks in order, so the reader sees one sorted set:
 
 - ``sort=received``: the smallest sorted set among the facets filtered on
   (state, name, worker; each scored by received time), else every per-state
@@ -39,6 +41,66 @@ EXAMINE_CAP = 2000   # candidates looked at per request at most (bounded work)
 TIE_CAP = 1000       # members read at the cursor's own score (tasks with the same time)
 BATCH = 100          # candidates read per round trip (at least the page size)
 TEXT_FIELDS = ("args", "kwargs", "result", "exception", "traceback", "outcome")
+
+# One walk over a chunked set (layout in protocol.py): KEYS[1] its directory; ARGV: desc
+# ("1"/"0"), after ("" or the cursor's score), lo and hi (score-range bounds such as
+# "-inf" or "(12.5"), lo_num and hi_num ("" or the bounds' numbers: chunks past them are
+# not visited), n, tie cap. Returns (member, score, ...): first the members at exactly
+# ``after`` (up to the tie cap; the caller keeps those past the cursor's member), then up
+# to n members strictly past ``after`` (or from the bound) in walk order. Work is bounded
+# by n + tie cap and the chunks visited (each holds at least one member).
+_RANGE_LUA = """
+local dir, desc, after, lo, hi = KEYS[1], ARGV[1] == '1', ARGV[2], ARGV[3], ARGV[4]
+local lo_num, hi_num, n, tiecap = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local CPRE = '@CPRE'
+local out = {}
+local function cover(point)
+  local c = redis.call('ZREVRANGEBYSCORE', dir, point, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return c[1], c[2]
+end
+local function put(rows)
+  for i = 1, #rows do out[#out + 1] = rows[i] end
+end
+if after ~= '' then
+  local id = cover(after)
+  if id then
+    put(redis.call(desc and 'ZREVRANGEBYSCORE' or 'ZRANGEBYSCORE', CPRE .. id, after, after,
+                   'WITHSCORES', 'LIMIT', 0, tiecap))
+  end
+end
+local got = 0
+local id, clo
+if desc then
+  local start = after ~= '' and ('(' .. after) or hi
+  id, clo = cover(start)
+  while id and got < n do
+    local rows = redis.call('ZREVRANGEBYSCORE', CPRE .. id, start, lo, 'WITHSCORES',
+                            'LIMIT', 0, n - got)
+    put(rows)
+    got = got + #rows / 2
+    if lo_num ~= '' and tonumber(clo) <= tonumber(lo_num) then break end
+    local c = redis.call('ZREVRANGEBYSCORE', dir, '(' .. clo, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    id, clo = c[1], c[2]
+  end
+else
+  local start = after ~= '' and ('(' .. after) or lo
+  id, clo = cover(after ~= '' and after or (lo_num ~= '' and lo_num or '-inf'))
+  if not id then
+    local c = redis.call('ZRANGE', dir, 0, 0, 'WITHSCORES')
+    id, clo = c[1], c[2]
+  end
+  while id and got < n do
+    local rows = redis.call('ZRANGEBYSCORE', CPRE .. id, start, hi, 'WITHSCORES',
+                            'LIMIT', 0, n - got)
+    put(rows)
+    got = got + #rows / 2
+    local c = redis.call('ZRANGEBYSCORE', dir, '(' .. clo, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    id, clo = c[1], c[2]
+    if id and hi_num ~= '' and tonumber(clo) >= tonumber(hi_num) then break end
+  end
+end
+return {out, got}
+""".replace("@CPRE", protocol.IX_CHUNK)
 
 Cursor = tuple[int, float, bytes]  # (segment, score, member) of the last candidate looked at
 
@@ -124,8 +186,9 @@ def merge(rows: list[list[tuple[bytes, float]]], desc: bool, n: int) -> list[tup
 
 
 def plan(query: Query, sizes: dict[str, int], names: list[str]) -> list[Segment]:
-    """The segments ``query`` walks, given the sizes of the filtered facets' sorted sets
-    and the known task names (for ``sort=name``)."""
+    """The segments ``query`` walks, given the sizes of the filtered facets' sets (their
+    chunk counts: an estimate, enough to pick the smallest) and the known task names (for
+    ``sort=name``)."""
     facets = {f: getattr(query, f) for f in protocol.FACETS if getattr(query, f) is not None}
     if query.sort == "received":
         if facets:
@@ -152,6 +215,7 @@ class Explorer:
     def __init__(self, client: redis.Redis, store: SnapshotStore | None = None) -> None:
         self.client = client
         self.store = store or SnapshotStore(client)
+        self._range = client.register_script(_RANGE_LUA)
 
     def page(self, query: Query) -> Page:
         segments = self._plan(query)
@@ -211,6 +275,20 @@ class Explorer:
             if query.received_before is not None:
                 hi, hi_open = query.received_before, True
         pipe = self.client.pipeline(transaction=False)
+        if not seg.text_members:  # chunked sets: one script call per set
+            lo_num = "" if lo == "-inf" else repr(float(lo))
+            hi_num = "" if hi == "+inf" else repr(float(hi))
+            lo_b = "-inf" if lo == "-inf" else lo_num
+            hi_b = "+inf" if hi == "+inf" else (f"({hi_num}" if hi_open else hi_num)
+            mark = "" if after is None else repr(after[0])
+            for key in seg.keys:
+                self._range(keys=[key], args=["1" if query.desc else "0", mark, lo_b, hi_b,
+                                              lo_num, hi_num, n, TIE_CAP], client=pipe)
+            runs = []
+            for flat, _ in pipe.execute():
+                rows = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+                runs.append(self._past(rows, after, query.desc))
+            return merge(runs, query.desc, n)
         for key in seg.keys:
             if after is None:
                 start, end = (f"({hi}" if hi_open else hi), lo
@@ -233,7 +311,16 @@ class Explorer:
             runs = [list(r) for r in replies]
         else:
             for ties, rest in zip(replies[::2], replies[1::2]):
-                mark = after[1]
-                kept = [t for t in ties if (t[0] < mark if query.desc else t[0] > mark)]
-                runs.append(kept + list(rest))
+                runs.append(self._past(list(ties), after, query.desc, list(rest)))
         return merge(runs, query.desc, n)
+
+    @staticmethod
+    def _past(rows: list[tuple[bytes, float]], after: tuple[float, bytes] | None, desc: bool,
+              rest: list[tuple[bytes, float]] | None = None) -> list[tuple[bytes, float]]:
+        """``rows`` without the members at the cursor's score that it already passed (all of
+        them at that score come first), then ``rest``."""
+        if after is None:
+            return rows + (rest or [])
+        mark = after[1]
+        kept = [r for r in rows if r[1] != after[0] or (r[0] < mark if desc else r[0] > mark)]
+        return kept + (rest or [])

@@ -51,36 +51,142 @@ class RecordWriter:
         ops.zremrangebyrank(protocol.INDEX_KEY, 0, -self.max_tasks - 1)
 
 
+# Chunked sorted sets (the explorer's index; layout in protocol.py): a logical set is a
+# directory (chunk id -> lowest score it covers) and chunks of members, small enough for
+# Redis to keep as listpacks (~40 B an entry instead of ~128 in a skiplist past 128
+# members; Redis 7's default zset-max-listpack-entries is 128). Chunk i holds the scores in
+# [lo_i, lo_i+1), so a walk in score order visits chunks in directory order. A member past
+# the top of a full last chunk (CHUNK members) starts a new one; any chunk past SPLIT
+# members (late, out-of-order scores) is split in two by score. Each insert scans its
+# listpack, so smaller chunks cost Redis less CPU (64 measured ~10 % less than 100, the
+# same memory). Scores travel as strings: a Lua number would be formatted with 14 digits.
+CHUNK = 64   # members in a last chunk before a new one starts
+SPLIT = 80   # members in any chunk before it is split (< 128: still a listpack)
+INDEX_LUA = """
+local CHUNK, SPLIT, SEQ, CPRE = @CHUNK, @SPLIT, '@SEQ', '@CPRE'
+local function ix_chunk(dir, score)
+  local c = redis.call('ZREVRANGEBYSCORE', dir, score, '-inf', 'LIMIT', 0, 1)
+  if c[1] then return c[1], false end
+  return redis.call('ZRANGE', dir, 0, 0)[1], true
+end
+local function ix_split(dir, key)
+  local n = redis.call('ZCARD', key)
+  local b = redis.call('ZRANGE', key, math.floor(n / 2), math.floor(n / 2), 'WITHSCORES')[2]
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
+  if tonumber(b) <= tonumber(first) then
+    local nxt = redis.call('ZRANGEBYSCORE', key, '(' .. b, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if not nxt[1] then return end
+    b = nxt[2]
+  end
+  local moved = redis.call('ZRANGEBYSCORE', key, b, '+inf', 'WITHSCORES')
+  local id = redis.call('INCR', SEQ)
+  local args = {}
+  for i = 1, #moved, 2 do args[#args + 1] = moved[i + 1]; args[#args + 1] = moved[i] end
+  redis.call('ZADD', CPRE .. id, unpack(args))
+  redis.call('ZREMRANGEBYSCORE', key, b, '+inf')
+  redis.call('ZADD', dir, b, id)
+end
+local top = {}  -- per set, within this call: its last chunk {id, lo, n} after a slow add
+local function ix_add(dir, score, member)
+  local t = top[dir]
+  if t and t.n < CHUNK and tonumber(score) >= t.lo then  -- the common case: a new top
+    t.n = t.n + redis.call('ZADD', CPRE .. t.id, score, member)
+    return
+  end
+  top[dir] = nil
+  local id, below = ix_chunk(dir, score)
+  local n = 0
+  if not id then
+    id = redis.call('INCR', SEQ)
+    redis.call('ZADD', dir, score, id)
+  else
+    if below then redis.call('ZADD', dir, score, id) end  -- the first chunk reaches down
+    n = redis.call('ZCARD', CPRE .. id)
+    if n >= CHUNK and redis.call('ZREVRANGE', dir, 0, 0)[1] == id then
+      local last = redis.call('ZREVRANGE', CPRE .. id, 0, 0, 'WITHSCORES')[2]
+      if tonumber(score) > tonumber(last) then  -- past the top of a full last chunk
+        id, n = redis.call('INCR', SEQ), 0
+        redis.call('ZADD', dir, score, id)
+      end
+    end
+  end
+  n = n + redis.call('ZADD', CPRE .. id, score, member)
+  if n > SPLIT then ix_split(dir, CPRE .. id); return end
+  local head = redis.call('ZREVRANGE', dir, 0, 0, 'WITHSCORES')
+  if head[1] == tostring(id) then top[dir] = {id = head[1], lo = tonumber(head[2]), n = n} end
+end
+local function ix_rem(dir, score, member)
+  top[dir] = nil
+  local id = ix_chunk(dir, score)
+  if not id then return end
+  local key = CPRE .. id
+  if redis.call('ZREM', key, member) == 1 and redis.call('EXISTS', key) == 0 then
+    redis.call('ZREM', dir, id)
+  end
+end
+""".replace("@CHUNK", str(CHUNK)).replace("@SPLIT", str(SPLIT)).replace(
+    "@SEQ", protocol.IX_SEQ).replace("@CPRE", protocol.IX_CHUNK)
+
+SCRIPT = INDEX_LUA + """
+if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local c, n = ARGV[i], tonumber(ARGV[i + 1])
+  if c == 'IXADD' then ix_add(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+  elseif c == 'IXREM' then ix_rem(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+  else redis.call(c, unpack(ARGV, i + 2, i + 1 + n)) end
+  i = i + 2 + n
+end
+return 1
+"""
+"""The publisher's one script: the lease check (KEYS[1], '' for none; ARGV[1] the token),
+then ARGV[2] commands as (name, count, args...); IXADD/IXREM (dir, score, member) are the
+chunked index's add and remove."""
+
+
 def index_ops(member: bytes, was: tuple | None, now: tuple | None) -> list[tuple]:
-    """The Redis commands that move ``member`` from index entry ``was`` to ``now`` (either
+    """The commands that move ``member`` from index entry ``was`` to ``now`` (either
     None: added, or removed); pure, so the rules are tested without Redis. Entries are
-    ``protocol.IndexEntry``: (state, name, worker, received, started, runtime)."""
+    ``protocol.IndexEntry``: (state, name, worker, received, started, runtime). IXADD and
+    IXREM (set, score, member) act on a chunked set (:data:`SCRIPT`)."""
     cmds: list[tuple] = []
     for i, facet in enumerate(protocol.FACETS):
         old = protocol.facet_key(facet, was[i]) if was is not None else None
         new = protocol.facet_key(facet, now[i]) if now is not None else None
-        if old is not None and old != new:
-            cmds.append(("ZREM", old, member))
+        if old is not None and (old != new or was[3] != now[3]):
+            cmds.append(("IXREM", old, was[3], member))
         if new is not None and (new != old or was[3] != now[3]):
-            cmds.append(("ZADD", new, now[3], member))
+            cmds.append(("IXADD", new, now[3], member))
             if facet != "state" and (was is None or was[i] != now[i]):
                 cmds.append(("ZADD", protocol.IX_NAMES if facet == "name" else protocol.IX_WORKERS,
                              0, now[i]))
     for i, key in ((4, protocol.IX_STARTED), (5, protocol.IX_RUNTIME)):
         old_v = was[i] if was is not None else None
         new_v = now[i] if now is not None else None
-        if new_v is None and old_v is not None:
-            cmds.append(("ZREM", key, member))
-        elif new_v is not None and new_v != old_v:
-            cmds.append(("ZADD", key, new_v, member))
+        if old_v is not None and new_v != old_v:
+            cmds.append(("IXREM", key, old_v, member))
+        if new_v is not None and new_v != old_v:
+            cmds.append(("IXADD", key, new_v, member))
     return cmds
 
 
 def index(ops: Any, member: bytes, was: tuple | None, now: tuple | None) -> None:
-    """Add :func:`index_ops`' commands to ``ops`` (an ``emitter.Ops``, or a redis pipeline)."""
-    add = getattr(ops, "raw", None) or ops.execute_command
-    for cmd in index_ops(member, was, now):
-        add(*cmd)
+    """Add :func:`index_ops`' commands to ``ops`` (an ``emitter.Ops``; or a redis pipeline,
+    which then runs :data:`SCRIPT` without a lease)."""
+    cmds = index_ops(member, was, now)
+    add = getattr(ops, "raw", None)
+    if add is not None:
+        for cmd in cmds:
+            add(*cmd)
+    elif cmds:
+        global _pipe_script
+        if _pipe_script is None:
+            _pipe_script = ops.register_script(SCRIPT)
+        flat = [a for cmd in cmds for a in (cmd[0], len(cmd) - 1, *cmd[1:])]
+        _pipe_script(keys=[""], args=["", len(cmds), *flat], client=ops)
+
+
+_pipe_script: Any = None  # SCRIPT for redis pipelines (EVALSHA; the pipeline loads it)
 
 
 def backfill(ops: Any, records: list[Record]) -> None:

@@ -170,7 +170,7 @@ class Bridge:
                 open_ids = set(self.store.open_ids()) - {r["snapshot"]["task_id"] for r in stored}
                 stored += list(self.store.get_many(open_ids).values())
                 self.processor.load(stored, store.read_cluster(self.client))
-                if not self.client.exists(protocol.IX_READY):
+                if self.client.get(protocol.IX_READY) != protocol.IX_VERSION.encode():
                     self._backfill(stored)
                 return
             except redis.RedisError as exc:
@@ -178,13 +178,19 @@ class Bridge:
                 self.stop_event.wait(1.0)
 
     def _backfill(self, stored: list[dict], chunk: int = 2000) -> None:
-        """Index the stored records once (a store from before the explorer's index)."""
+        """Index the stored records once: a store from before the explorer's index, or with
+        another layout version (its ``skald:ix:*`` keys are dropped first)."""
+        old = list(self.client.scan_iter(f"{protocol.IX_PREFIX}*", count=1000))
+        for start in range(0, len(old), 500):
+            ops = Ops()
+            ops.raw("DEL", *old[start:start + 500])
+            self.publisher.run(ops)
         for start in range(0, len(stored), chunk):
             ops = Ops()
             records.backfill(ops, stored[start:start + chunk])
             self.publisher.run(ops)
         ops = Ops()
-        ops.set(protocol.IX_READY, "1")
+        ops.set(protocol.IX_READY, protocol.IX_VERSION)
         self.publisher.run(ops)
         log.info("indexed %d stored tasks for the explorer", len(stored))
 

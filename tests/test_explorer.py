@@ -36,23 +36,27 @@ def test_index_ops_move_a_task_between_facets():
     m = b"m"
     new = ("RECEIVED", "", "", 10.0, None, None)
     cmds = index_ops(m, None, new)
-    assert ("ZADD", "skald:ix:state:RECEIVED", 10.0, m) in cmds
-    assert ("ZADD", "skald:ix:name:", 10.0, m) in cmds and ("ZADD", protocol.IX_NAMES, 0, "") in cmds
+    assert ("IXADD", "skald:ix:state:RECEIVED", 10.0, m) in cmds
+    assert ("IXADD", "skald:ix:name:", 10.0, m) in cmds and ("ZADD", protocol.IX_NAMES, 0, "") in cmds
     started = ("STARTED", "mail.send", "celery@a", 10.0, 11.0, None)
     cmds = index_ops(m, new, started)
-    assert ("ZREM", "skald:ix:state:RECEIVED", m) in cmds and ("ZREM", "skald:ix:name:", m) in cmds
-    assert ("ZADD", "skald:ix:worker:celery@a", 10.0, m) in cmds
+    assert ("IXREM", "skald:ix:state:RECEIVED", 10.0, m) in cmds
+    assert ("IXREM", "skald:ix:name:", 10.0, m) in cmds
+    assert ("IXADD", "skald:ix:worker:celery@a", 10.0, m) in cmds
     assert ("ZADD", protocol.IX_WORKERS, 0, "celery@a") in cmds
-    assert ("ZADD", protocol.IX_STARTED, 11.0, m) in cmds
+    assert ("IXADD", protocol.IX_STARTED, 11.0, m) in cmds
     done = ("SUCCESS", "mail.send", "celery@a", 10.0, 11.0, 0.5)
     cmds = index_ops(m, started, done)
-    assert cmds == [("ZREM", "skald:ix:state:STARTED", m), ("ZADD", "skald:ix:state:SUCCESS", 10.0, m),
-                    ("ZADD", protocol.IX_RUNTIME, 0.5, m)]
+    assert cmds == [("IXREM", "skald:ix:state:STARTED", 10.0, m),
+                    ("IXADD", "skald:ix:state:SUCCESS", 10.0, m), ("IXADD", protocol.IX_RUNTIME, 0.5, m)]
     assert index_ops(m, done, done) == []
     gone = index_ops(m, done, None)
     assert {c[1] for c in gone} == {"skald:ix:state:SUCCESS", "skald:ix:name:mail.send",
                                     "skald:ix:worker:celery@a", protocol.IX_STARTED, protocol.IX_RUNTIME}
-    assert all(c[0] == "ZREM" for c in gone)
+    assert all(c[0] == "IXREM" for c in gone)
+    moved = index_ops(m, done, ("SUCCESS", "mail.send", "celery@a", 12.0, 11.0, 0.5))
+    assert ("IXREM", "skald:ix:state:SUCCESS", 10.0, m) in moved
+    assert ("IXADD", "skald:ix:state:SUCCESS", 12.0, m) in moved
 
 
 def test_cursor_round_trips_and_rejects_junk():
@@ -261,9 +265,7 @@ def test_evicted_tasks_leave_the_index(rc):
     listed = [r["task_id"] for r in walk(Explorer(rc), Query(limit=100))]
     assert sorted(listed) == sorted(ids[-20:])
     members = set()
-    for key in rc.scan_iter("skald:ix:*"):
-        if key in (protocol.IX_NAMES.encode(), protocol.IX_WORKERS.encode()):
-            continue
+    for key in rc.scan_iter(protocol.IX_CHUNK + "*"):
         members |= {protocol.task_of_member(m) for m in rc.zrange(key, 0, -1)}
     assert members == set(ids[-20:])
 
@@ -281,4 +283,57 @@ def test_a_store_from_before_the_index_is_backfilled(rc):
     ops = Ops()
     backfill(ops, SnapshotStore(rc).recent(100))
     Publisher(rc, RecordWriter()).run(ops)
+    assert sorted(r["task_id"] for r in walk(Explorer(rc), Query(limit=7))) == sorted(ids)
+
+
+def test_chunked_sets_stay_small_ordered_and_walk_like_one_sorted_set(rc):
+    from bridge.explorer import Segment
+    from bridge.records import SPLIT
+
+    rng = random.Random(17)
+    key, kept = protocol.IX_RUNTIME, {}
+    publisher = Publisher(rc, RecordWriter())
+    for _ in range(6):  # out-of-order scores, ties, removals: splits and emptied chunks
+        ops = Ops()
+        for _ in range(400):
+            member = uuid.uuid4().bytes
+            kept[member] = float(rng.choice([rng.randint(0, 30), round(rng.uniform(0, 1e4), 6)]))
+            ops.raw("IXADD", key, kept[member], member)
+        for member in rng.sample(sorted(kept), 150):
+            ops.raw("IXREM", key, kept.pop(member), member)
+        publisher.run(ops)
+    chunks = [protocol.IX_CHUNK + c.decode() for c in rc.zrange(key, 0, -1)]
+    assert sum(rc.zcard(c) for c in chunks) == len(kept) and len(chunks) > 10
+    for chunk in chunks:
+        assert rc.object("encoding", chunk) == b"listpack" and rc.zcard(chunk) <= SPLIT
+    want = sorted(((s, m) for m, s in kept.items()), reverse=True)
+    explorer, seg = Explorer(rc), Segment((key,), by_received=False)
+    for desc in (True, False):
+        rows = want if desc else want[::-1]
+        query = Query(sort="runtime", desc=desc)
+        for start in (None, 0, 7, 400, len(rows) - 2):
+            after = None if start is None else rows[start]
+            got = explorer._fetch(seg, after, query, 300)
+            first = 0 if start is None else start + 1
+            assert [(s, m) for m, s in got] == rows[first:first + 300]
+    received = Query(received_after=10.0, received_before=5000.0, desc=False)
+    got = Explorer(rc)._fetch(Segment((key,)), None, received, 2000)
+    assert [(s, m) for m, s in got] == [r for r in want[::-1] if 10.0 <= r[0] < 5000.0]
+
+
+def test_an_index_of_another_layout_is_dropped_and_backfilled(rc, monkeypatch):
+    from bridge.service import Bridge
+    from bridge.store import SnapshotStore
+
+    rng = random.Random(19)
+    feed = Feed(rc)
+    ids = [feed.task(rng) for _ in range(30)]
+    for key in list(rc.scan_iter("skald:ix:*")):  # as a version-1 bridge left it
+        rc.delete(key)
+    rc.zadd("skald:ix:state:SUCCESS", {protocol.member_of(ids[0]): 1.0})
+    rc.set(protocol.IX_READY, "1")
+    bridge = Bridge.__new__(Bridge)
+    bridge.client, bridge.publisher = rc, Publisher(rc, RecordWriter())
+    bridge._backfill(SnapshotStore(rc).recent(100))
+    assert rc.get(protocol.IX_READY) == protocol.IX_VERSION.encode()
     assert sorted(r["task_id"] for r in walk(Explorer(rc), Query(limit=7))) == sorted(ids)

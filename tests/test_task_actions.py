@@ -182,9 +182,12 @@ def test_the_task_page_shows_the_detail_and_terminates(cluster, people, browser)
     page.wait_for_url(f"{cluster}/admin/tasks/{task_id}")
     page.goto(f"{cluster}/admin")  # the list finds it by a kwarg value, and links to its page
     page.fill("[data-testid=filter-search]", "0.1013")
-    row = page.wait_for_selector(f"[data-testid=task-row-{task_id}]:visible", timeout=10_000)
+    page.wait_for_selector(f"[data-testid=task-row-{task_id}]:visible", timeout=10_000)
+    # the newest task is already in the unfiltered list: wait for the search's answer
+    page.wait_for_function("() => [...document.querySelectorAll('#tasks tr')]"
+                           ".filter(r => r.offsetParent !== null).length === 1", timeout=10_000)
     assert page.locator("#tasks tr:visible").count() == 1
-    row.click()
+    page.click(f"[data-testid=task-row-{task_id}]")  # the row as the search drew it
     page.wait_for_selector(f"[data-testid=detail-page][href='/admin/tasks/{task_id}']")
     page.click("[data-testid=detail-page]")
     page.wait_for_url(f"{cluster}/admin/tasks/{task_id}")
