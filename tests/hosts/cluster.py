@@ -65,7 +65,10 @@ class Cluster:
         self.env.update({"LEADER_TTL_SECONDS": "3", "VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
                          "HOSTS_IMAGE_SECONDS": str(IMAGE_SECONDS), "SOCKET_RATE": "1000",
                          "SOCKET_BURST": "1000", "WORKER_OFFLINE_AFTER": "5",
-                         "CONNECTIONS_PER_USER": "200", **(env or {})})
+                         "CONNECTIONS_PER_USER": "200",
+                         # The sweeper (bridge/sweeper.py) within a scenario's time: a job the
+                         # broker lost in a failover is sent again after 20 s, not 120.
+                         "SWEEP_AFTER": "20", "SWEEP_SECONDS": "2", **(env or {})})
         self.lb_url = f"http://{self.h['lb'].address}:{LB_PORT}"
         self.procs: dict[str, Proc] = {}
         self._images = 0
