@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -198,8 +199,12 @@ class Sweeper:
         open_stale = [j for j in jobs if j.state not in TERMINAL_STATES
                       and seen[j.task_id].backend_status not in TERMINAL_STATES
                       and now - max(j.updated_at, seen[j.task_id].record_updated or 0) >= self.settings.sweep_after]
-        for job in open_stale:
-            seen[job.task_id] = replace(seen[job.task_id], in_broker=self._in_broker(job))
+        if open_stale:
+            held = self._broker_ids({j.queue for j in open_stale})
+            for job in open_stale:
+                ids = held.get(job.queue)
+                seen[job.task_id] = replace(seen[job.task_id],
+                                            in_broker=None if ids is None else job.task_id in ids)
         decisions = decide(jobs, seen, now, sweep_after=self.settings.sweep_after, suspects=self.suspects)
         self.suspects = {d.job.task_id for d in decisions if isinstance(d, Suspect)}
         for decision in decisions:
@@ -225,22 +230,26 @@ class Sweeper:
                            resubmitted=j.resubmitted or 0, owner=owner, total=j.total)
                     for j, owner in [*open_rows, *ended] if j.task_id not in self.restored]
 
-    def _in_broker(self, job: JobRow) -> bool | None:
-        """Whether the broker holds the job's message, queued or delivered and unacknowledged."""
+    def _broker_ids(self, queues: set[str]) -> dict[str, set[str] | None]:
+        """The task ids the broker holds per queue: delivered and unacknowledged ones (any
+        queue) plus each queue's waiting messages; None for a queue that cannot be told
+        (longer than :data:`SCAN_MAX`, or a broker that is not Redis). One pass per sweep."""
         if self.broker is None:
-            return None
-        needle = job.task_id.encode()
-        if any(needle in raw for raw in self.broker.hvals(UNACKED_KEY)):
-            return True
-        for step in PRIORITY_STEPS:
-            key = job.queue if step == 0 else f"{job.queue}\x06\x16{step}"
-            length = self.broker.llen(key)
-            if length > SCAN_MAX:
-                return None
-            for start in range(0, length, SCAN_CHUNK):
-                if any(needle in raw for raw in self.broker.lrange(key, start, start + SCAN_CHUNK - 1)):
-                    return True
-        return False
+            return dict.fromkeys(queues)
+        unacked = message_ids(self.broker.hvals(UNACKED_KEY))
+        out: dict[str, set[str] | None] = {}
+        for queue in queues:
+            ids: set[str] | None = set(unacked)
+            for step in PRIORITY_STEPS:
+                key = queue if step == 0 else f"{queue}\x06\x16{step}"
+                length = self.broker.llen(key)
+                if length > SCAN_MAX:
+                    ids = None
+                    break
+                for start in range(0, length, SCAN_CHUNK):
+                    ids |= message_ids(self.broker.lrange(key, start, start + SCAN_CHUNK - 1))
+            out[queue] = ids
+        return out
 
     # -- effects ---------------------------------------------------------------------------------------
     def _carry_out(self, decision: Decision, now: float) -> None:
@@ -302,6 +311,20 @@ class Sweeper:
             self.restored.popitem(last=False)
         log.warning("job %s ended %s in the database but Redis had lost it: written back",
                     job.task_id, job.state)
+
+
+_MESSAGE_ID = re.compile(rb'"id": ?"([0-9A-Za-z-]{1,64})"')
+
+
+def message_ids(raws: Iterable[bytes]) -> set[str]:
+    """The task ids of kombu messages as the Redis transport stores them (the first
+    ``"id"`` is the headers' task id; the body is base64 and holds none)."""
+    out = set()
+    for raw in raws:
+        found = _MESSAGE_ID.search(raw) if isinstance(raw, bytes) else None
+        if found:
+            out.add(found.group(1).decode())
+    return out
 
 
 def job_result(job: Job, owner: str) -> dict:

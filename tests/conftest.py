@@ -38,7 +38,11 @@ def settings(redis_proc: RedisProcess, base_dir: Path) -> Settings:
         captioner="basic",
         uploads_per_minute=1000, socket_rate=1000.0, socket_burst=1000,
         login_ip_free=1000, login_user_free=100,
-        cancel_grace_seconds=30.0, reconcile_seconds=2.0)
+        cancel_grace_seconds=30.0, reconcile_seconds=2.0,
+        # The session's SQL database is shared by apps on other Redis databases (e.g. the
+        # isolated admin app on /3): the session bridge's sweeper would take their jobs for
+        # lost ones. tests/test_sweeper.py and tests/test_sentinel.py sweep stacks of their own.
+        sweep_after=24 * 3600.0)
 
 @pytest.fixture(scope="session")
 def env(settings: Settings) -> dict[str, str]:

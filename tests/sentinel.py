@@ -33,6 +33,11 @@ Wrap = Callable[[str, list[str]], list[str]]
 MASTER_NAME = "skald"
 
 
+def _q(value: str) -> str:
+    """A value quoted for a redis.conf line (spaces, quotes and backslashes allowed)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 @dataclass
 class Node:
     """One redis-server (data node or sentinel) with its config file and log."""
@@ -76,8 +81,10 @@ class SentinelCluster:
                  data_hosts: list[str] | None = None, sentinel_hosts: list[str] | None = None,
                  password: str | None = None, sentinel_password: str | None = None,
                  master_name: str = MASTER_NAME, down_after_ms: int = 1000,
-                 wrap: Wrap | None = None, binary: str | None = None) -> None:
+                 wrap: Wrap | None = None, binary: str | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.base = Path(base)
+        self.tls = tls  # (certificate, key): every node (and replication) over TLS only
         self.base.mkdir(parents=True, exist_ok=True)
         self.password = password
         self.sentinel_password = sentinel_password
@@ -102,11 +109,11 @@ class SentinelCluster:
         port = free_port()
         d = self.base / name
         d.mkdir(exist_ok=True)
-        lines = [f"port {port}", f"bind {host}", f"dir {d}", 'save ""', "appendonly no",
+        lines = [*self._listen(port), f"bind {host}", f"dir {d}", 'save ""', "appendonly no",
                  "protected-mode no", "loglevel notice", "repl-diskless-sync yes",
                  "repl-diskless-sync-delay 0"]
         if self.password:
-            lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
+            lines += [f"requirepass {_q(self.password)}", f"masterauth {_q(self.password)}"]
         if self.data:  # replicas follow the first node
             master = self.data[0]
             lines.append(f"replicaof {master.host} {master.port}")
@@ -119,20 +126,30 @@ class SentinelCluster:
         d = self.base / name
         d.mkdir(exist_ok=True)
         master = self.data[0]
-        lines = [f"port {port}", f"bind {host}", f"dir {d}", "protected-mode no",
+        lines = [*self._listen(port), f"bind {host}", f"dir {d}", "protected-mode no",
                  f"sentinel monitor {self.master_name} {master.host} {master.port} {self.quorum}",
                  f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
                  f"sentinel failover-timeout {self.master_name} 10000",
                  f"sentinel parallel-syncs {self.master_name} 1"]
         if self.password:
-            lines.append(f"sentinel auth-pass {self.master_name} {self.password}")
+            lines.append(f"sentinel auth-pass {self.master_name} {_q(self.password)}")
         if self.sentinel_password:
-            lines += [f"requirepass {self.sentinel_password}",
-                      f"sentinel sentinel-pass {self.sentinel_password}"]
+            lines += [f"requirepass {_q(self.sentinel_password)}",
+                      f"sentinel sentinel-pass {_q(self.sentinel_password)}"]
         conf = d / "sentinel.conf"
         conf.write_text("\n".join(lines) + "\n")
         return Node(name, host, port, conf, d / "log",
                     self.wrap(host, [self.binary, str(conf), "--sentinel"]))
+
+    def _listen(self, port: int) -> list[str]:
+        if not self.tls:
+            return [f"port {port}"]
+        cert, key = self.tls
+        return ["port 0", f"tls-port {port}", f"tls-cert-file {cert}", f"tls-key-file {key}",
+                f"tls-ca-cert-file {cert}", "tls-auth-clients no", "tls-replication yes"]
+
+    def _ssl(self) -> dict:
+        return {"ssl": True, "ssl_ca_certs": str(self.tls[0])} if self.tls else {}
 
     # -- addresses --------------------------------------------------------------------
     @property
@@ -140,16 +157,23 @@ class SentinelCluster:
         """``REDIS_URL`` for this deployment (Skald's Sentinel form, redisurl.py)."""
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         hosts = ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
-        query = f"?sentinel_password={quote(self.sentinel_password, safe='')}" if self.sentinel_password else ""
-        return f"redis+sentinel://{auth}{hosts}/0/{self.master_name}{query}"
+        params = []
+        if self.sentinel_password:
+            params.append(f"sentinel_password={quote(self.sentinel_password, safe='')}")
+        if self.tls:
+            params.append(f"ssl_ca_certs={quote(str(self.tls[0]))}")
+        query = "?" + "&".join(params) if params else ""
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{auth}{hosts}/0/{self.master_name}{query}"
 
     def sentinel_client(self, node: Node) -> redis.Redis:
         return redis.Redis(node.host, node.port, password=self.sentinel_password,
-                           socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
+                           socket_timeout=1, socket_connect_timeout=1, decode_responses=True,
+                           **self._ssl())
 
     def data_client(self, node: Node) -> redis.Redis:
         return redis.Redis(node.host, node.port, password=self.password,
-                           socket_timeout=2, socket_connect_timeout=1)
+                           socket_timeout=2, socket_connect_timeout=1, **self._ssl())
 
     def master_address(self) -> tuple[str, int] | None:
         """What a majority-reachable sentinel says the master is (None: none answers)."""

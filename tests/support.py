@@ -40,6 +40,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "CAPTIONER": settings.captioner,
         "RECONCILE_SECONDS": str(settings.reconcile_seconds),
         "CANCEL_GRACE_SECONDS": str(settings.cancel_grace_seconds),
+        "SWEEP_AFTER": str(settings.sweep_after),
+        "SWEEP_SECONDS": str(settings.sweep_seconds),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
     })

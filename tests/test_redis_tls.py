@@ -54,7 +54,7 @@ def tls_redis(tmp_path_factory):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    yield {"url": url, "port": port, "cert": cert}
+    yield {"url": url, "port": port, "cert": cert, "key": key}
     proc.terminate()
     proc.wait(5)
 
@@ -117,3 +117,32 @@ def test_whole_stack_over_tls(tls_redis, tmp_path):
     finally:
         procs.stop_all()
         dispose_all()
+
+
+@pytest.mark.slow
+def test_sentinel_over_tls_with_passwords_follows_a_failover(tls_redis, tmp_path):
+    """``rediss+sentinel://``: sentinels and data nodes on TLS only, both password-protected;
+    redis-py, kombu (the broker) and Celery's result backend reach the master, and again
+    after it is killed."""
+    from settings import load_settings
+    from tasks.app import make_celery
+    from tests.sentinel import SentinelCluster
+
+    cluster = SentinelCluster(tmp_path / "redis", password="data pw", sentinel_password="sentinel-pw",
+                              tls=(tls_redis["cert"], tls_redis["key"])).start()
+    try:
+        url = cluster.url
+        assert url.startswith("rediss+sentinel://")
+        client = redisurl.client(url)
+        client.set("skald:tls", "1")
+        app = make_celery(load_settings(env={}).with_overrides(redis_url=url, broker_url=url))
+        app.send_task("skald.nothing", task_id="t-before", queue="tlsq")
+        app.backend.store_result("t-before", {"ok": 1}, "SUCCESS")
+        cluster.kill_master()
+        assert client.get("skald:tls") == b"1"      # replicated, then read from the new master
+        app.send_task("skald.nothing", task_id="t-after", queue="tlsq")
+        app.backend.store_result("t-after", {"ok": 2}, "SUCCESS")
+        assert app.backend.get_task_meta("t-after")["result"] == {"ok": 2}
+        assert client.llen("tlsq") >= 1
+    finally:
+        cluster.stop()

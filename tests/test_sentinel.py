@@ -36,8 +36,9 @@ class SentinelStack:
         self.procs = ProcessSet()
         self.port = free_port()
 
-    def start(self) -> SentinelStack:
-        self.worker = self.procs.start_worker("sw0", self.env, self.settings, concurrency=1)
+    def start(self, worker: bool = True) -> SentinelStack:
+        if worker:
+            self.worker = self.procs.start_worker("sw0", self.env, self.settings, concurrency=1)
         self.bridge = self.procs.start_bridge("sb0", self.env)
         self.web = self.procs.start_web("sweb", self.env, self.port)
         return self
@@ -155,3 +156,36 @@ def test_sentinel_failover_command_is_followed(sstack, tmp_path):
         raise
     finally:
         w.close()
+
+
+def test_a_job_the_broker_forgot_is_resubmitted_through_the_new_master(tmp_path):
+    """The broker loses a queued job (as asynchronous replication can at a failover: here
+    its message is deleted, then the master dies); the sweeper on the active bridge sends it
+    again to the promoted master, a worker started afterwards runs it, the watcher ends once."""
+    from sqlalchemy import select
+
+    from tasks.db import session_scope
+    from tasks.models import AuditEntry
+
+    stack = SentinelStack(tmp_path).start(worker=False)
+    try:
+        user = stack.user("lou")
+        w = Watcher(stack.web.url, user["token"]).connect()
+        tid = submit_job(stack.web.url, user, pictures(tmp_path, 2, "lost", (64, 48)))["task_id"]
+        assert w.call("join_task", {"task_id": tid})["ok"]
+        client = redisurl.client(stack.settings.redis_url)
+        wait_for(lambda: client.llen("celery") == 1, 10, what="the queued message")
+        client.delete("celery")
+        stack.cluster.kill_master()
+        stack.procs.start_worker("late", stack.env, stack.settings, concurrency=1)
+        assert_one_ending(w, tid, timeout=60)
+        with session_scope(stack.settings.database_url) as db:
+            actions = [(a.user, a.action) for a in db.scalars(
+                select(AuditEntry).where(AuditEntry.target == tid))]
+        assert actions == [("sweeper", "job.resubmit")]
+        w.close()
+    except AssertionError:
+        print(stack.logs())
+        raise
+    finally:
+        stack.close()

@@ -79,6 +79,17 @@ def test_every_job_gets_its_own_decision():
     assert [(type(d).__name__, d.job.task_id) for d in out] == [("Suspect", "t0"), ("Resubmit", "t2")]
 
 
+def test_task_ids_are_read_off_kombu_messages():
+    from bridge.sweeper import message_ids
+
+    queued = (b'{"body": "W1sxXV0=", "content-encoding": "utf-8", "content-type": "application/json", '
+              b'"headers": {"lang": "py", "task": "skald.caption_job", "id": "aaaa-1", "shadow": null}, '
+              b'"properties": {"correlation_id": "aaaa-1", "reply_to": "x"}}')
+    unacked = b'[{"body": "e30=", "headers": {"id": "bbbb-2"}}, "", "celery"]'
+    assert message_ids([queued, unacked, b"junk", b'{"properties": {"correlation_id": "c"}}']) == \
+        {"aaaa-1", "bbbb-2"}
+
+
 # -- real processes ------------------------------------------------------------------------------
 SWEEP = {"SWEEP_AFTER": "2", "SWEEP_SECONDS": "0.5"}
 
@@ -218,5 +229,26 @@ def test_an_ending_redis_lost_is_written_back(sweep_stack, tmp_path):
     except AssertionError:
         print("\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in stack.procs.procs))
         raise
+    finally:
+        w.close()
+
+
+@pytest.mark.slow
+def test_a_job_still_queued_is_left_alone(sweep_stack, tmp_path):
+    """No worker for longer than SWEEP_AFTER: the broker still holds the message, so the
+    sweeper sends nothing (no duplicate), and the job runs once a worker comes."""
+    stack = sweep_stack().start(workers=0, bridges=1)
+    user = stack.user("quinn")
+    w = Watcher(stack.web.url, user["token"]).connect()
+    try:
+        tid = stack.submit(user, [make_image(tmp_path / "q.png", 0)])
+        assert w.call("join_task", {"task_id": tid})["ok"]
+        client = redis.Redis.from_url(stack.settings.redis_url)
+        time.sleep(5.0)  # SWEEP_AFTER 2 s, a sweep every 0.5 s
+        assert client.llen("celery") == 1
+        entries, resubmitted = audit_rows(stack, tid)
+        assert entries == [] and resubmitted == 0
+        stack.procs.start_worker("finally", stack.env, stack.settings, concurrency=1)
+        one_ending(w, tid, 30)
     finally:
         w.close()
