@@ -99,7 +99,10 @@ class Cluster:
             data.mkdir(exist_ok=True)
             argv = [REDIS, "--port", "6379", "--bind", host.address, "127.0.0.1",
                     "--protected-mode", "no", "--save", "", "--appendonly", "no",
-                    "--dir", str(data), "--loglevel", "notice"]
+                    "--dir", str(data), "--loglevel", "notice",
+                    # As docs/deploy.md recommends: a master with no replica in sync (an old
+                    # master back from a partition, not yet demoted) refuses writes.
+                    "--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"]
             if i > 1:
                 argv += ["--replicaof", master, "6379"]
             self._run(host, f"redis{i}", argv, {})
@@ -210,13 +213,21 @@ class Cluster:
         return wait_for(holder, 30, interval=0.1, what="an active bridge")
 
     def replicas_in_sync(self) -> bool:
-        """Whether the master has both other Redis servers as connected replicas."""
+        """Whether all three sentinels name the same master and it has both other Redis
+        servers as replicas online (a sentinel back from a partition names the old one
+        for a while)."""
         import redis
 
         try:
-            info = redis.Redis(host=self.h[self.master()].address, port=6379, socket_timeout=1,
+            views = {redis.Redis(host=self.h[f"redis{i}"].address, port=26379, socket_timeout=1,
+                                 socket_connect_timeout=1).sentinel_get_master_addr_by_name(MASTER)
+                     for i in (1, 2, 3)}
+            if len(views) != 1:
+                return False
+            host = next(iter(views))[0]
+            info = redis.Redis(host=host, port=6379, socket_timeout=1,
                                socket_connect_timeout=1).info("replication")
-        except (redis.RedisError, OSError, RuntimeError):
+        except (redis.RedisError, OSError, RuntimeError, TypeError):
             return False
         return info.get("connected_slaves") == 2 and all(
             info.get(f"slave{i}", {}).get("state") == "online" for i in (0, 1))
