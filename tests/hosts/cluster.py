@@ -99,10 +99,10 @@ class Cluster:
             data.mkdir(exist_ok=True)
             argv = [REDIS, "--port", "6379", "--bind", host.address, "127.0.0.1",
                     "--protected-mode", "no", "--save", "", "--appendonly", "no",
-                    "--dir", str(data), "--loglevel", "notice",
-                    # As docs/deploy.md recommends: a master with no replica in sync (an old
-                    # master back from a partition, not yet demoted) refuses writes.
-                    "--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"]
+                    "--dir", str(data), "--loglevel", "notice"]
+            # No min-replicas-to-write: a new master refuses writes with NOREPLICAS while
+            # its replicas are being reconfigured, and a Celery worker treats that reply as
+            # unrecoverable and exits (both workers did, in bench/failover.py).
             if i > 1:
                 argv += ["--replicaof", master, "6379"]
             self._run(host, f"redis{i}", argv, {})
