@@ -65,7 +65,10 @@ class Cluster:
         self.env.update({"LEADER_TTL_SECONDS": "3", "VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
                          "HOSTS_IMAGE_SECONDS": str(IMAGE_SECONDS), "SOCKET_RATE": "1000",
                          "SOCKET_BURST": "1000", "WORKER_OFFLINE_AFTER": "5",
-                         "CONNECTIONS_PER_USER": "200", **(env or {})})
+                         "CONNECTIONS_PER_USER": "200",
+                         # The sweeper (bridge/sweeper.py) within a scenario's time: a job the
+                         # broker lost in a failover is sent again after 20 s, not 120.
+                         "SWEEP_AFTER": "20", "SWEEP_SECONDS": "2", **(env or {})})
         self.lb_url = f"http://{self.h['lb'].address}:{LB_PORT}"
         self.procs: dict[str, Proc] = {}
         self._images = 0
@@ -97,6 +100,9 @@ class Cluster:
             argv = [REDIS, "--port", "6379", "--bind", host.address, "127.0.0.1",
                     "--protected-mode", "no", "--save", "", "--appendonly", "no",
                     "--dir", str(data), "--loglevel", "notice"]
+            # No min-replicas-to-write: a new master refuses writes with NOREPLICAS while
+            # its replicas are being reconfigured, and a Celery worker treats that reply as
+            # unrecoverable and exits (both workers did, in bench/failover.py).
             if i > 1:
                 argv += ["--replicaof", master, "6379"]
             self._run(host, f"redis{i}", argv, {})
@@ -207,13 +213,21 @@ class Cluster:
         return wait_for(holder, 30, interval=0.1, what="an active bridge")
 
     def replicas_in_sync(self) -> bool:
-        """Whether the master has both other Redis servers as connected replicas."""
+        """Whether all three sentinels name the same master and it has both other Redis
+        servers as replicas online (a sentinel back from a partition names the old one
+        for a while)."""
         import redis
 
         try:
-            info = redis.Redis(host=self.h[self.master()].address, port=6379, socket_timeout=1,
+            views = {redis.Redis(host=self.h[f"redis{i}"].address, port=26379, socket_timeout=1,
+                                 socket_connect_timeout=1).sentinel_get_master_addr_by_name(MASTER)
+                     for i in (1, 2, 3)}
+            if len(views) != 1:
+                return False
+            host = next(iter(views))[0]
+            info = redis.Redis(host=host, port=6379, socket_timeout=1,
                                socket_connect_timeout=1).info("replication")
-        except (redis.RedisError, OSError, RuntimeError):
+        except (redis.RedisError, OSError, RuntimeError, TypeError):
             return False
         return info.get("connected_slaves") == 2 and all(
             info.get(f"slave{i}", {}).get("state") == "online" for i in (0, 1))

@@ -155,5 +155,7 @@ class Network:
                     proc.signal(signal.SIGKILL)
                     proc.popen.wait(5)
         for host in self.hosts.values():
-            sh(IP, "netns", "del", host.netns, check=False)  # takes its veth pair along
+            # Our end first: the kernel frees a deleted namespace (and its veth end) lazily.
+            sh(IP, "link", "del", host.veth, check=False)
+            sh(IP, "netns", "del", host.netns, check=False)
         sh(IP, "link", "del", self.bridge, check=False)
