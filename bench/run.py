@@ -17,9 +17,10 @@ import traceback
 from bench import common, report
 
 ORDER = ["ingest", "latency", "watchers", "memory", "cancel", "overhead", "rss", "captioner", "watch", "explorer"]
-# Run only when named with --only (they need more than the default run may take: root,
-# network namespaces and haproxy for failover); their sections are kept in RESULTS.md.
-OPT_IN = ["failover"]
+# Run only when named with --only (failover needs more than the default run may take: root,
+# network namespaces and haproxy; compare needs another tree's results); their sections
+# are kept in RESULTS.md.
+OPT_IN = ["failover", "compare"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ def _costly(make, ms: float):
 
 caption._send = _timed(_quiet_off_queue(caption._send))
 if float(os.environ.get("BENCH_IMAGE_COST_MS") or 0) > 0:
-    caption.get_captioner = _costly(caption.get_captioner, float(os.environ["BENCH_IMAGE_COST_MS"]))
+    caption.process_captioner = _costly(caption.process_captioner,
+                                        float(os.environ["BENCH_IMAGE_COST_MS"]))
 
 
 @task_postrun.connect
