@@ -53,6 +53,10 @@ BACKOFF_CAP = 2.0             # s between retries at most
 # (the bridge's threads, the web's 503, a job's cancel check), so nothing waits on one
 # command for a whole failover.
 RETRIES = 3
+MAX_CONNECTIONS = 10_000       # per client's pool: redis-py 8 caps a pool at 100 and then fails
+                              # ("Too many connections"), which a gevent web process with a few
+                              # hundred watchers connecting at once reaches; Redis's own
+                              # maxclients (10 000 by default) is the real bound
 DEAD_PEER_SECONDS = 5         # a peer gone silent (its host cut off: no RST) is given up after ~this
 
 
@@ -221,7 +225,7 @@ def client_kwargs(target: RedisTarget, **overrides: Any) -> dict[str, Any]:
         "db": target.db, "username": target.username, "password": target.password,
         "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_keepalive": True, "socket_keepalive_options": dead_peer_options(),
-        "health_check_interval": 10,
+        "health_check_interval": 10, "max_connections": MAX_CONNECTIONS,
         "retry": Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), RETRIES),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
     }

@@ -62,7 +62,27 @@ class MessageQueue(socketio.RedisManager):
         self.source_url = url  # REDIS_URL as given; python-socketio sees its own form
         super().__init__(redisurl.socketio_url(url), channel=channel, **kwargs)
         self.hooks: Hooks | None = None
+        self.publisher: Any = None  # redis-py client for publishing (see _publish)
         self.subscriptions = 0  # confirmations seen (tests and logs)
+
+    def _publish(self, data: Any) -> Any:
+        """Publish on a client of its own, never the listener's.
+
+        python-socketio's own ``_publish`` answers a failed publish by calling
+        ``_redis_connect``, which makes a new subscription object under the listener's
+        feet: the listener then iterated one with no subscription and this process
+        received nothing more (seen with a few hundred watchers connecting at once).
+        """
+        for attempt in range(2):
+            try:
+                if self.publisher is None:
+                    self.publisher = redisurl.client(self.source_url, **self.redis_options)
+                return self.publisher.publish(self.channel, self.json.dumps(data))
+            except Exception as exc:  # noqa: BLE001 - any failure: a fresh client, once
+                log.error("message queue: cannot publish (%s: %s)%s", type(exc).__name__, exc,
+                          "; retrying" if attempt == 0 else "; giving up")
+                self.publisher = None
+        return None
 
     def _redis_connect(self) -> None:
         old = self.pubsub
@@ -91,6 +111,11 @@ class MessageQueue(socketio.RedisManager):
                     subscribed = True
                     delay = RETRY_FIRST
                 yield from self.pubsub.listen()
+                # listen() ends without an error only when the subscription is gone:
+                # make it again rather than iterate an empty one.
+                log.warning("message queue: the subscription ended; subscribing again")
+                subscribed = False
+                time.sleep(delay)
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
                 log.warning("message queue: cannot receive from Redis (%s); retrying in %.1f s",
                             exc, delay)
