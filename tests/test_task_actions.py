@@ -22,8 +22,9 @@ PASSWORD = "task-admin-pass-1"
 
 @pytest.fixture(scope="module")
 def cluster(stack, procs, env):
-    start_example_worker(procs, env, name="explorer-ex")
-    return stack
+    worker = start_example_worker(procs, env, name="explorer-ex")
+    yield stack
+    worker.stop()  # the example queue's consumer is test_watch_any_task's own worker there
 
 
 @pytest.fixture(scope="module")
