@@ -121,6 +121,21 @@ class Proc:
             self.popen.wait(5)
 
 
+def wait_http(proc: Proc, url: str, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Wait until ``url`` answers 2xx (or ``proc`` exits: then fail with its log)."""
+    import requests
+
+    def up() -> bool:
+        if not proc.alive():
+            return True
+        try:
+            return requests.get(url, timeout=1).ok
+        except requests.RequestException:
+            return False
+    wait_for(up, timeout, interval=interval, what=what)
+    assert proc.alive(), f"{what} exited:\n{proc.log()[-3000:]}"
+
+
 class ProcessSet:
     def __init__(self) -> None:
         import tempfile
@@ -154,20 +169,9 @@ class ProcessSet:
     def start_web(self, name: str, env: dict[str, str], port: int,
                   argv: list[str] | None = None) -> Proc:
         """``python -m web serve`` (or ``argv``) on ``port``, once /healthz answers."""
-        import requests
-
         env = {**env, "WEB_PORT": str(port), "WEB_HOST": "127.0.0.1"}
         proc = self.start(name, argv or [sys.executable, "-m", "web", "serve"], env)
-
-        def up() -> bool:
-            if not proc.alive():
-                return True
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-        wait_for(up, 30, what=f"web {name}")
-        assert proc.alive(), proc.log()
+        wait_http(proc, f"http://127.0.0.1:{port}/healthz", 30, f"web {name}")
         proc.url = f"http://127.0.0.1:{port}"
         return proc
 

@@ -20,7 +20,7 @@ from celery_progress.backend import Progress
 
 import skald_watch_token as helper
 from devstack import free_port
-from tests.support import ROOT, Stack, Watcher, wait_for
+from tests.support import ROOT, Stack, Watcher, wait_for, wait_http
 from tests.test_watch_tokens import same_as_celery_progress
 
 SECRET = helper.derive_secret("test-secret")  # Skald's, derived from its SECRET_KEY
@@ -59,16 +59,7 @@ def start_example_app(procs, env: dict, skald_url: str, name: str = "example-app
                        {**env, "EXAMPLE_PORT": str(port), "SKALD_URL": skald_url,
                         "SKALD_WATCH_SECRET": secret})
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if not proc.alive():
-            return True
-        try:
-            return requests.get(url, timeout=1).ok
-        except requests.RequestException:
-            return False
-    wait_for(up, 30, what="the example app")
-    assert proc.alive(), proc.log()
+    wait_http(proc, url, 30, "the example app")
     proc.url = url
     return proc
 

@@ -24,7 +24,7 @@ import requests
 
 from settings import Settings, load_settings
 from tests.hosts.netns import Host, Network
-from tests.support import ROOT, Proc, make_image, submit_job, wait_for, worker_env
+from tests.support import ROOT, Proc, make_image, submit_job, wait_for, wait_http, worker_env
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -167,17 +167,7 @@ class Cluster:
 
     def wait_web(self, name: str) -> None:
         url = f"http://{self.h[name].address}:{WEB_PORT}/healthz"
-        proc = self.procs[name]
-
-        def up() -> bool:
-            if not proc.alive():
-                return True
-            try:
-                return requests.get(url, timeout=1).ok
-            except requests.RequestException:
-                return False
-        wait_for(up, 60, interval=0.2, what=f"web {name}")
-        assert proc.alive(), f"{name} exited:\n{proc.log()[-3000:]}"
+        wait_http(self.procs[name], url, 60, f"web {name}", interval=0.2)
 
     def lb_up(self) -> bool:
         try:
