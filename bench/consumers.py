@@ -36,6 +36,7 @@ class Stats:
         self.count = 0
         self.t_first: float | None = None
         self.t_last: float | None = None
+        self.cpu_first = self.cpu_last = 0.0  # process CPU seconds at the first and last count
         self.want_lag = want_lag
         self.lags: list[float] = []
         self.lock = threading.Lock()
@@ -45,7 +46,8 @@ class Stats:
         span = (self.t_last - self.t_first) if self.t_first and self.t_last else None
         out = {"kind": kind, "count": self.count, "t_first": self.t_first, "t_last": self.t_last,
                "span": span, "rate": (self.count / span) if span else None,
-               "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kib": ru.ru_maxrss, **extra}
+               "cpu": ru.ru_utime + ru.ru_stime,
+               "cpu_span": self.cpu_last - self.cpu_first, "maxrss_kib": ru.ru_maxrss, **extra}
         if self.want_lag:
             from bench.common import summary
 
@@ -69,6 +71,7 @@ def run_bridge(args, stats: Stats) -> dict:
         def step(self, batch, metas, now, gauges):
             if stats.t_first is None and any(isinstance(i, Events) for i in batch):
                 stats.t_first = time.time()
+                stats.cpu_first = time.process_time()
             out = super().step(batch, metas, now, gauges)
             self.applied += out.events
             if stats.want_lag:
@@ -81,6 +84,7 @@ def run_bridge(args, stats: Stats) -> dict:
             if self.applied != stats.count:
                 t = time.time()
                 stats.count, stats.t_last = self.applied, t
+                stats.cpu_last = time.process_time()
                 stats.lags.extend(t - ts for ts in self.pending)
                 self.pending = []
 
@@ -121,8 +125,10 @@ def run_flower(args, stats: Stats) -> dict:
         t = time.time()
         if stats.t_first is None:
             stats.t_first = t
+            stats.cpu_first = time.process_time()
         stats.count += 1
         stats.t_last = t
+        stats.cpu_last = time.process_time()
         if stats.want_lag:
             stats.lags.append(t - (e.get("timestamp") or t))
 
@@ -172,6 +178,7 @@ def run_redis(args, stats: Stats, decode: bool) -> dict:
             t = time.time()
             if stats.t_first is None:
                 stats.t_first = t
+                stats.cpu_first = time.process_time()
             if decode:
                 evs = wire.decode(msg["data"])
                 n += len(evs)
@@ -181,6 +188,7 @@ def run_redis(args, stats: Stats, decode: bool) -> dict:
                 n += per
             stats.count = n
             stats.t_last = t
+            stats.cpu_last = time.process_time()
             if stop.is_set():
                 return
     threading.Thread(target=loop, daemon=True).start()

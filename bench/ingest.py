@@ -150,7 +150,8 @@ def _trial(stack: Stack, kind: str, shape: dict, *, profile: Path | None = None,
     res["sent"] = shape["events"]
     res["loss"] = shape["events"] - res["count"]
     res["producer_rate"] = shape["events"] / max(1e-9, t1 - t0)
-    res["events_per_cpu_s"] = res["count"] / res["cpu"] if res.get("cpu") else None
+    # CPU between the first and the last event applied (start-up and idle waiting left out)
+    res["events_per_cpu_s"] = res["count"] / res["cpu_span"] if res.get("cpu_span") else None
     res.pop("lag_trace", None)
     return res
 

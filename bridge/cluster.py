@@ -105,24 +105,31 @@ class Cluster:
         self.history_changed = False
 
     # -- inputs ---------------------------------------------------------------------
-    def observe(self, event: Any) -> list[Update]:
-        """One event from the stream (any type): counted; ``worker-*`` ones move workers."""
-        etype = event.get("type") if isinstance(event, dict) else None
-        if not isinstance(etype, str):
-            return []
+    def observe(self, events: list[Any]) -> list[Update]:
+        """Events from the stream (any type), in order: counted; ``worker-*`` ones move
+        workers. Lag is that of the newest one with a timestamp."""
         now = self.clock()
         self._roll_day(now)
-        kind = etype if etype in KNOWN_EVENTS else OTHER
-        self.event_totals[kind] = self.event_totals.get(kind, 0) + 1
-        self._events.add(now)
-        stamp = as_number(event.get("timestamp"))
+        out: list[Update] = []
+        totals, counted, stamp = self.event_totals, 0, None
+        for event in events:
+            etype = event.get("type") if isinstance(event, dict) else None
+            if not isinstance(etype, str):
+                continue
+            counted += 1
+            kind = etype if etype in KNOWN_EVENTS else OTHER
+            totals[kind] = totals.get(kind, 0) + 1
+            stamp = as_number(event.get("timestamp"), stamp)
+            if etype.startswith("worker-"):
+                gone = self.workers.apply(etype, event, now)
+                if gone:
+                    out.append(self.alerts.worker_offline(gone, now))
+        if counted:
+            self._events.add(now, counted)
+            self._last_event = now
         if stamp is not None:
             self.lag = max(0.0, now - stamp)
-        self._last_event = now
-        if not etype.startswith("worker-"):
-            return []
-        gone = self.workers.apply(etype, event, now)
-        return [self.alerts.worker_offline(gone, now)] if gone else []
+        return out
 
     def transitions(self, moves: Iterable[Transition]) -> list[Update]:
         """Count the board's transitions; returns the alerts they raise (a failure burst)."""

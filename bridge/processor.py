@@ -200,12 +200,8 @@ class Processor:
         pending, self._deferred = self._deferred, []
         for item in [*pending, *batch]:
             if isinstance(item, Events):
-                for event in item.events:
-                    change.updates += self.cluster.observe(event)
-                    if self.watchlist:
-                        self.watchlist.heard(event)
-                    meta = known.get(event.get("uuid")) if self._wants_results(event) else None
-                    change += self.board.apply(event, reconcile.result_of(meta))
+                change.updates += self.cluster.observe(item.events)
+                self._apply(item.events, known, change)
                 out.events += len(item.events)
             elif isinstance(item, Connected):
                 self._reconcile_all = True
@@ -239,6 +235,15 @@ class Processor:
                                      self.watchlist.wake(),
                                      *(when for when, _ in self.deadlines.values())]))
         return out
+
+    def _apply(self, events: list[dict], known: dict[str, dict], change: Change) -> None:
+        """The board takes the events in order (a task-succeeded with its backend value)."""
+        apply, watchlist = self.board.apply, self.watchlist
+        for event in events:
+            if watchlist:
+                watchlist.heard(event)
+            meta = known.get(event.get("uuid")) if self._wants_results(event) else None
+            change += apply(event, reconcile.result_of(meta))
 
     # -- commands ---------------------------------------------------------------------------
     def _command(self, item: Command, metas: dict | None, now: float, change: Change,

@@ -17,6 +17,7 @@ from typing import Any
 import protocol
 from bridge.task import (
     HOST_CAP,
+    MAX_INT,
     NAME_CAP,
     TEXT_CAP,
     Task,
@@ -125,13 +126,17 @@ def on_started(task: Task, event: dict, stamp: float) -> Move | None:
 
 
 def on_progress(task: Task, event: dict, stamp: float) -> Move | None:
-    current, total = as_number(event.get("current")), as_number(event.get("total"))
-    if current is None or total is None or current < 0 or total < 0:
-        return None
-    if as_count(current) < task.current:  # stale or duplicate
+    current, total = event.get("current"), event.get("total")
+    if not (type(current) is type(total) is int and 0 <= current <= MAX_INT
+            and 0 <= total <= MAX_INT):  # the usual small ints skip this
+        current, total = as_number(current), as_number(total)
+        if current is None or total is None or current < 0 or total < 0:
+            return None
+        current, total = as_count(current), as_count(total)
+    if current < task.current:  # stale or duplicate
         return None
     task.worker = task.worker or as_text(event.get("hostname"), HOST_CAP)
-    task.current, task.total = as_count(current), as_count(total)
+    task.current, task.total = current, total
     task.failed = as_count(event.get("failed"), task.failed)
     task.step = trim(event.get("step")) or task.step
     eta = as_number(event.get("eta"))

@@ -184,7 +184,8 @@ class Board:
                 self._open.pop(task_id, None)
             return Change(transitions=self._take_dropped())
         task.updated_at = max(task.updated_at, stamp)
-        return self._changed(task, before, self._emits(task, move), stamp, source)
+        snap = task.snapshot() if move.kind == "progress" else {}  # for the update and the row
+        return self._changed(task, before, self._emits(task, move, snap), stamp, source, snap)
 
     def cancel(self, task_id: str, by: str = "", started: bool = False) -> Change:
         """A cancel request was accepted (flag set, revoke sent).
@@ -245,21 +246,20 @@ class Board:
         return self._changed(task, before, out, now, BRIDGE)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _emits(self, task: Task, move: rules.Move) -> list[Update]:
+    def _emits(self, task: Task, move: rules.Move, snap: dict) -> list[Update]:
         if move.kind == "end":
             return self._finish(task, move.state, results=move.results, completed=move.completed,
                                 error=move.error)
         if move.kind == "quiet":
             return []
-        update = self._progress(task)
-        if move.caption is not None:
-            update.payload["last_caption"] = move.caption
-            update.payload["recent_captions"] = [move.caption]
-        return [update]
+        payload = snap if move.caption is None else \
+            {**snap, "last_caption": move.caption, "recent_captions": [move.caption]}
+        return [Update(protocol.PROGRESS_UPDATE, task_room(task.task_id), task.task_id, payload)]
 
     def _changed(self, task: Task, before: tuple[str, str | None] | None, out: list[Update],
-                 at: float, source: str) -> Change:
-        """The change of one call: its updates, the admin row, and the task's transition."""
+                 at: float, source: str, snap: dict | None = None) -> Change:
+        """The change of one call: its updates, the admin row (from ``snap``, the task's
+        snapshot when the caller made one after the change), and the task's transition."""
         self.changed.add(task.task_id)
         if task.seen_at is None:
             task.seen_at = at
@@ -270,7 +270,7 @@ class Board:
                 runtime = task.runtime if task.runtime is not None else (
                     max(0.0, at - task.started_at) if task.started_at is not None else None)
             moves.append(Transition(task.task_id, before, task.bucket, at, source, runtime))
-        return Change(out + [self._job_update(task)], moves)
+        return Change(out + [self._job_update(task, snap)], moves)
 
     def _take_dropped(self) -> list[Transition]:
         dropped, self._dropped = self._dropped, []
@@ -280,8 +280,8 @@ class Board:
         return Update(protocol.PROGRESS_UPDATE, task_room(task.task_id), task.task_id,
                       task.snapshot())
 
-    def _job_update(self, task: Task) -> Update:
-        return Update(protocol.JOB_UPDATE, ADMIN_ROOM, task.task_id, {"job": task.row()},
+    def _job_update(self, task: Task, snap: dict | None = None) -> Update:
+        return Update(protocol.JOB_UPDATE, ADMIN_ROOM, task.task_id, {"job": task.row(snap)},
                       terminal=task.ended)
 
     def _finish(self, task: Task, state: str, *, results: dict | None = None,

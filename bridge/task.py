@@ -26,24 +26,28 @@ ERROR_CAP = 1200  # longest error message kept (an image's or a task's)
 MAX_INT = 2**53 - 1  # beyond this a JSON number loses precision in JavaScript
 _EXC_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.DOTALL)
 _FIRST_INT_RE = re.compile(r"\s*[(\[]\s*(\d+)\s*[,)\]]")
+_isfinite = math.isfinite
 _PLAIN_STR_RE = re.compile(r"^(['\"])([^'\"\\]*)\1$")  # a quoted text without escapes or quotes
 
 
 def as_number(value: Any, default: float | None = None) -> float | None:
     """A finite number from an event field, else ``default`` (bools, text, NaN, huge ints)."""
-    if isinstance(value, bool):
+    kind = type(value)  # exact types first: every event field passes here
+    if kind is float:
+        return value if _isfinite(value) else default  # NaN/Infinity: JSON allows them
+    if kind is not int and (isinstance(value, bool) or not isinstance(value, (int, float))):
         return default
-    if isinstance(value, (int, float)):
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond float range
-            return default
-        return number if math.isfinite(number) else default  # NaN/Infinity: JSON allows them
-    return default
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        return default
+    return number if _isfinite(number) else default
 
 
 def as_count(value: Any, default: int | None = None) -> int | None:
     """A count (0..MAX_INT) from an event field: clamped into range, ``default`` if not a number."""
+    if type(value) is int and 0 <= value <= MAX_INT:
+        return value
     number = as_number(value)
     if number is None:
         return default
@@ -131,6 +135,8 @@ def extra_fields(event: dict) -> dict | None:
     :data:`EXTRA_CAP` bytes of JSON together; a value JSON cannot carry (an integer
     beyond 64 bits) or that would pass the cap is left out, so nothing kept here can
     stop a record or an emit from being encoded."""
+    if PROGRESS_FIELDS.issuperset(event):  # the common case: nothing extra
+        return None
     kept: dict[str, Any] = {}
     used = 2
     for key, value in event.items():
@@ -234,9 +240,10 @@ class Task:
             snap["extra"] = self.extra
         return snap
 
-    def row(self) -> dict:
-        """The operator view's row (``job_update``'s ``job``)."""
-        return protocol.admin_row(self.snapshot(), name=self.name, worker=self.worker,
+    def row(self, snap: dict | None = None) -> dict:
+        """The operator view's row (``job_update``'s ``job``); ``snap``: the task's
+        snapshot when the caller has just made it (the row copies it)."""
+        return protocol.admin_row(snap or self.snapshot(), name=self.name, worker=self.worker,
                                   runtime=self.runtime, terminated=self.terminated)
 
     def detail(self) -> dict:

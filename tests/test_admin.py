@@ -173,8 +173,8 @@ def test_workers_and_cluster_read_what_the_bridge_stored(iso_client, users, rcli
     boss = users("boss", admin=True)
     assert iso_client.get("/api/workers", headers=boss["headers"]).get_json() == {"workers": []}
     cluster = Cluster()
-    cluster.observe({"type": ev.WORKER_HEARTBEAT, "hostname": "celery@a", "timestamp": time.time(),
-                     "active": 2, "processed": 9, "loadavg": [0.1, 0.2, 0.3], "freq": 2.0})
+    cluster.observe([{"type": ev.WORKER_HEARTBEAT, "hostname": "celery@a", "timestamp": time.time(),
+                     "active": 2, "processed": 9, "loadavg": [0.1, 0.2, 0.3], "freq": 2.0}])
     updates = cluster.tick()
     pipe = rclient.pipeline()
     bridge_records.put_cluster(pipe, metrics=updates[-1].payload["metrics"], workers=cluster.workers.as_list(),
@@ -207,7 +207,7 @@ def test_metrics_page_parses_with_bounded_labels(iso_client, rclient):
                    {"type": end, "uuid": tid, "runtime": 0.7, "hostname": host,
                     "timestamp": time.time()}]
     for event in events:  # as the bridge's processor feeds them
-        cluster.observe(event)
+        cluster.observe([event])
         cluster.transitions(board.apply(event).transitions)
     cluster.set_queues({"celery": 3})
     cluster.tick()

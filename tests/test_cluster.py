@@ -46,7 +46,7 @@ class Fed(Cluster):
         self.board = Board(max_tasks, clock)
 
     def apply(self, event: dict, source: str = "event") -> list:
-        out = self.observe(event) if source == "event" else []
+        out = self.observe([event]) if source == "event" else []
         change = self.board.apply(event, source=source)
         return out + self.transitions(change.transitions)
 
