@@ -173,7 +173,8 @@ def record_row(record: Record) -> dict:
 # skald:ix:worker:<host>    set: member -> received time ("" until a worker started it)
 # skald:ix:names / :workers plain sorted sets of the facet values above (score 0: lex order)
 # skald:ix:started          set: member -> started time (tasks that started)
-# skald:ix:runtime          set: member -> runtime in s (tasks that ended with one)
+# skald:ix:runtime          set: member -> runtime (tasks that ended with one)
+# Every score is a time or runtime in integer microseconds (ix_score).
 # skald:ix:ready            the layout version (IX_VERSION) once the index covers the stored
 #                           records; a bridge finding another value (or none) drops every
 #                           skald:ix:* key and backfills from the records.
@@ -187,14 +188,32 @@ IX_WORKERS = "skald:ix:workers"
 IX_STARTED = "skald:ix:started"
 IX_RUNTIME = "skald:ix:runtime"
 IX_READY = "skald:ix:ready"   # IX_VERSION once the index covers the stored records
-IX_VERSION = "2"              # 1 (no value check): plain sorted sets; 2: chunked sets
+IX_VERSION = "3"              # 1: plain sorted sets; 2: chunked sets; 3: integer scores (µs)
 IX_CHUNK = "skald:ix:c:"      # + chunk id: one chunk of a chunked set
 IX_SEQ = "skald:ix:seq"       # the last chunk id given
 FACETS = ("state", "name", "worker")
 SORTS = ("received", "started", "updated", "runtime", "name", "state")
 
-IndexEntry = tuple[str, str, str, float, float | None, float | None]
-"""(state, name, worker, received, started, runtime): where a task sits in the index."""
+IndexEntry = tuple[str, str, str, int, int | None, int | None]
+"""(state, name, worker, received, started, runtime): where a task sits in the index; the
+times as scores (:func:`ix_score`)."""
+IX_SCALE = 1_000_000  # index scores are integer microseconds: a listpack compares integers fast
+
+
+IX_SECONDS_CAP = 9e9  # |seconds| kept: its score stays an exact integer (< 2**53) in Redis
+
+
+def ix_score(seconds: float) -> int:
+    """A time or runtime in seconds as an index score (clamped: an event's 1e30 too)."""
+    return round(min(max(seconds, -IX_SECONDS_CAP), IX_SECONDS_CAP) * IX_SCALE)
+
+
+def entry_of(state: str, name: str, worker: str, received: float, started: float | None,
+             runtime: float | None) -> IndexEntry:
+    """An index entry from a task's values (times and runtime in seconds)."""
+    return (state, name, worker, ix_score(received),
+            None if started is None else ix_score(started),
+            None if runtime is None else ix_score(runtime))
 
 
 def facet_key(facet: str, value: str | None) -> str:
@@ -221,12 +240,18 @@ def task_of_member(member: bytes | str) -> str:
     return (raw[1:] if raw.startswith(b"\x01") else raw).decode(errors="replace")
 
 
+def received_of(record: Record) -> float:
+    """When Skald first heard of a stored record's task (the index's "received")."""
+    snap, detail = record["snapshot"], record.get("detail") or {}
+    return float(detail.get("seen_at") or detail.get("received_at") or snap.get("updated_at") or 0.0)
+
+
 def index_entry(record: Record) -> IndexEntry:
     """Where a stored record belongs in the index."""
     snap, detail = record["snapshot"], record.get("detail") or {}
-    seen = detail.get("seen_at") or detail.get("received_at") or snap.get("updated_at") or 0.0
-    return (snap.get("state") or "PENDING", detail.get("name") or "", detail.get("worker") or "",
-            float(seen), detail.get("started_at"), detail.get("runtime"))
+    return entry_of(snap.get("state") or "PENDING", detail.get("name") or "",
+                    detail.get("worker") or "", received_of(record), detail.get("started_at"),
+                    detail.get("runtime"))
 
 
 # -- cluster state (written by the bridge each metrics tick) ---------------------------------------

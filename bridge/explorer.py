@@ -43,8 +43,8 @@ BATCH = 100          # candidates read per round trip (at least the page size)
 TEXT_FIELDS = ("args", "kwargs", "result", "exception", "traceback", "outcome")
 
 # One walk over a chunked set (layout in protocol.py): KEYS[1] its directory; ARGV: desc
-# ("1"/"0"), after ("" or the cursor's score), lo and hi (score-range bounds such as
-# "-inf" or "(12.5"), lo_num and hi_num ("" or the bounds' numbers: chunks past them are
+# ("1"/"0"), after ("" or the cursor's score), lo and hi (inclusive score-range bounds
+# such as "-inf" or "12500000"), lo_num and hi_num ("" or the bounds' numbers: chunks past them are
 # not visited), n, tie cap. Returns (member, score, ...): first the members at exactly
 # ``after`` (up to the tie cap; the caller keeps those past the cursor's member), then up
 # to n members strictly past ``after`` (or from the bound) in walk order. Work is bounded
@@ -96,7 +96,7 @@ else
     got = got + #rows / 2
     local c = redis.call('ZRANGEBYSCORE', dir, '(' .. clo, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     id, clo = c[1], c[2]
-    if id and hi_num ~= '' and tonumber(clo) >= tonumber(hi_num) then break end
+    if id and hi_num ~= '' and tonumber(clo) > tonumber(hi_num) then break end
   end
 end
 return {out, got}
@@ -165,7 +165,7 @@ def matches(record: protocol.Record, query: Query) -> bool:
         return False
     if query.worker is not None and (detail.get("worker") or "") != query.worker:
         return False
-    received = protocol.index_entry(record)[3]
+    received = protocol.received_of(record)
     if query.received_after is not None and received < query.received_after:
         return False
     if query.received_before is not None and received >= query.received_before:
@@ -269,17 +269,17 @@ class Explorer:
         """Up to ``n`` (member, score) of the segment after ``after``, in the walk's order."""
         lo: Any = "-inf"
         hi: Any = "+inf"
-        hi_open = False
-        if seg.by_received:
-            lo = query.received_after if query.received_after is not None else "-inf"
+        if seg.by_received:  # bounds as scores, never tighter than matches()
+            if query.received_after is not None:
+                lo = protocol.ix_score(query.received_after)
             if query.received_before is not None:
-                hi, hi_open = query.received_before, True
+                hi = protocol.ix_score(query.received_before)
         pipe = self.client.pipeline(transaction=False)
         if not seg.text_members:  # chunked sets: one script call per set
             lo_num = "" if lo == "-inf" else repr(float(lo))
             hi_num = "" if hi == "+inf" else repr(float(hi))
             lo_b = "-inf" if lo == "-inf" else lo_num
-            hi_b = "+inf" if hi == "+inf" else (f"({hi_num}" if hi_open else hi_num)
+            hi_b = "+inf" if hi == "+inf" else hi_num
             mark = "" if after is None else repr(after[0])
             for key in seg.keys:
                 self._range(keys=[key], args=["1" if query.desc else "0", mark, lo_b, hi_b,
@@ -291,7 +291,7 @@ class Explorer:
             return merge(runs, query.desc, n)
         for key in seg.keys:
             if after is None:
-                start, end = (f"({hi}" if hi_open else hi), lo
+                start, end = hi, lo
                 if query.desc:
                     pipe.zrevrangebyscore(key, start, end, start=0, num=n, withscores=True)
                 else:
@@ -303,8 +303,7 @@ class Explorer:
                 pipe.zrevrangebyscore(key, f"({score}", lo, start=0, num=n, withscores=True)
             else:
                 pipe.zrangebyscore(key, score, score, start=0, num=TIE_CAP, withscores=True)
-                top = f"({hi}" if hi_open else hi
-                pipe.zrangebyscore(key, f"({score}", top, start=0, num=n, withscores=True)
+                pipe.zrangebyscore(key, f"({score}", hi, start=0, num=n, withscores=True)
         replies = pipe.execute()
         runs: list[list[tuple[bytes, float]]] = []
         if after is None:

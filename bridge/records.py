@@ -59,7 +59,11 @@ class RecordWriter:
 # the top of a full last chunk (CHUNK members) starts a new one; any chunk past SPLIT
 # members (late, out-of-order scores) is split in two by score. Each insert scans its
 # listpack, so smaller chunks cost Redis less CPU (64 measured ~10 % less than 100, the
-# same memory). Scores travel as strings: a Lua number would be formatted with 14 digits.
+# same memory), and scores are integers (microseconds, ``protocol.ix_score``): a listpack
+# compares those without parsing text, about 3x cheaper an insert than decimal scores.
+# Each call remembers a set's last chunk (most adds go there: received and started times
+# grow), so an add costs one ZADD after the first. Scores travel as strings: a Lua number
+# would be formatted with 14 digits.
 CHUNK = 64   # members in a last chunk before a new one starts
 SPLIT = 80   # members in any chunk before it is split (< 128: still a listpack)
 INDEX_LUA = """
@@ -86,42 +90,58 @@ local function ix_split(dir, key)
   redis.call('ZREMRANGEBYSCORE', key, b, '+inf')
   redis.call('ZADD', dir, b, id)
 end
-local top = {}  -- per set, within this call: its last chunk {id, lo, n} after a slow add
-local function ix_add(dir, score, member)
+local top = {}  -- per set, within this call: its last chunk {id, lo, n}, once looked up
+local function ix_top(dir)
   local t = top[dir]
-  if t and t.n < CHUNK and tonumber(score) >= t.lo then  -- the common case: a new top
+  if t == nil then
+    local head = redis.call('ZREVRANGE', dir, 0, 0, 'WITHSCORES')
+    t = head[1] and {id = head[1], lo = tonumber(head[2]), n = redis.call('ZCARD', CPRE .. head[1])}
+        or false
+    top[dir] = t
+  end
+  return t
+end
+local function ix_add(dir, score, member)
+  local t, s = ix_top(dir), tonumber(score)
+  if t and s >= t.lo then  -- the common case: into the last chunk, or a new one past it
+    if t.n >= CHUNK then
+      local last = redis.call('ZREVRANGE', CPRE .. t.id, 0, 0, 'WITHSCORES')[2]
+      if s > tonumber(last) then  -- past the top of a full last chunk
+        local id = tostring(redis.call('INCR', SEQ))
+        redis.call('ZADD', dir, score, id)
+        top[dir] = {id = id, lo = s, n = redis.call('ZADD', CPRE .. id, score, member)}
+        return
+      end
+    end
     t.n = t.n + redis.call('ZADD', CPRE .. t.id, score, member)
+    -- Past SPLIT: split by score; a chunk of one score cannot be, so it is tried again
+    -- only each CHUNK adds later (equal runtimes would otherwise retry on every add).
+    if t.n > SPLIT and (t.n - SPLIT) % CHUNK == 1 then ix_split(dir, CPRE .. t.id); top[dir] = nil end
     return
   end
   top[dir] = nil
   local id, below = ix_chunk(dir, score)
-  local n = 0
   if not id then
     id = redis.call('INCR', SEQ)
     redis.call('ZADD', dir, score, id)
-  else
-    if below then redis.call('ZADD', dir, score, id) end  -- the first chunk reaches down
-    n = redis.call('ZCARD', CPRE .. id)
-    if n >= CHUNK and redis.call('ZREVRANGE', dir, 0, 0)[1] == id then
-      local last = redis.call('ZREVRANGE', CPRE .. id, 0, 0, 'WITHSCORES')[2]
-      if tonumber(score) > tonumber(last) then  -- past the top of a full last chunk
-        id, n = redis.call('INCR', SEQ), 0
-        redis.call('ZADD', dir, score, id)
-      end
-    end
+  elseif below then
+    redis.call('ZADD', dir, score, id)  -- the first chunk reaches down
   end
-  n = n + redis.call('ZADD', CPRE .. id, score, member)
-  if n > SPLIT then ix_split(dir, CPRE .. id); return end
-  local head = redis.call('ZREVRANGE', dir, 0, 0, 'WITHSCORES')
-  if head[1] == tostring(id) then top[dir] = {id = head[1], lo = tonumber(head[2]), n = n} end
+  redis.call('ZADD', CPRE .. id, score, member)
+  local n = redis.call('ZCARD', CPRE .. id)
+  if n > SPLIT and (n - SPLIT) % CHUNK == 1 then ix_split(dir, CPRE .. id) end
 end
 local function ix_rem(dir, score, member)
-  top[dir] = nil
-  local id = ix_chunk(dir, score)
+  local t, s = ix_top(dir), tonumber(score)
+  local id = (t and s >= t.lo) and t.id or ix_chunk(dir, score)
   if not id then return end
   local key = CPRE .. id
-  if redis.call('ZREM', key, member) == 1 and redis.call('EXISTS', key) == 0 then
-    redis.call('ZREM', dir, id)
+  if redis.call('ZREM', key, member) == 1 then
+    if t and t.id == id then t.n = t.n - 1 end
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('ZREM', dir, id)
+      top[dir] = nil
+    end
   end
 end
 """.replace("@CHUNK", str(CHUNK)).replace("@SPLIT", str(SPLIT)).replace(

@@ -88,7 +88,9 @@ class Board:
         self.clock = clock
         self._open: OrderedDict[str, Task] = OrderedDict()
         self._ended: OrderedDict[str, Task] = OrderedDict()
-        self.changed: set[str] = set()  # task ids whose record changed since take_records()
+        # Task ids whose record changed since take_records(), in the order they first changed
+        # (about the order they were received: the index's chunks take those at their end).
+        self.changed: dict[str, None] = {}
         self.ignored = 0
         self._dropped: list[Transition] = []  # open tasks evicted during the current call
         self.unindexed: list[tuple[str, tuple]] = []  # evicted: (task id, its index entry)
@@ -124,7 +126,7 @@ class Board:
             task = self.get(task_id)
             if task is not None and not task.ended and only is not None and task_id not in only:
                 continue
-            self.changed.discard(task_id)
+            del self.changed[task_id]
             if task is None or task.compacted:
                 continue
             record = task.record()
@@ -260,7 +262,7 @@ class Board:
                  at: float, source: str, snap: dict | None = None) -> Change:
         """The change of one call: its updates, the admin row (from ``snap``, the task's
         snapshot when the caller made one after the change), and the task's transition."""
-        self.changed.add(task.task_id)
+        self.changed.setdefault(task.task_id)
         if task.seen_at is None:
             task.seen_at = at
         moves = self._take_dropped()
@@ -309,7 +311,7 @@ class Board:
         while len(self) > self.max_tasks:
             victims = self._ended if self._ended else self._open
             task_id, task = victims.popitem(last=False)
-            self.changed.discard(task_id)
+            self.changed.pop(task_id, None)
             self.unindexed.append((task_id, task.indexed or task.index_entry()))
             if not task.ended:
                 self._dropped.append(Transition(task_id, task.bucket, None, task.updated_at))

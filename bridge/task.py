@@ -254,10 +254,11 @@ class Task:
                 "failed": self.failed, "cancel_requested": self.cancel_requested,
                 "terminated": self.terminated, **(self.full or {})}
 
-    def index_entry(self) -> tuple:
+    def index_entry(self) -> protocol.IndexEntry:
         """Where this task belongs in the explorer's index (``protocol.IndexEntry``)."""
-        return (self.state, self.name or "", self.worker or "",
-                self.seen_at or self.received_at or self.updated_at, self.started_at, self.runtime)
+        return protocol.entry_of(self.state, self.name or "", self.worker or "",
+                                 self.seen_at or self.received_at or self.updated_at,
+                                 self.started_at, self.runtime)
 
     def record(self) -> dict:
         """What the store keeps for this task."""

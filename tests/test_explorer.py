@@ -100,7 +100,7 @@ def test_board_hands_index_moves_and_evictions_to_the_writer():
     board.apply({"type": ev.TASK_RECEIVED, "uuid": ids[0], "name": "a", "timestamp": 5.0,
                  "args": "[1]", "kwargs": "{'k': 'v'}", "retries": 0, "root_id": ids[0]})
     rec = board.take_records()[0]
-    assert rec["_index"] == (None, ("RECEIVED", "a", "", 5.0, None, None))
+    assert rec["_index"] == (None, ("RECEIVED", "a", "", protocol.ix_score(5.0), None, None))
     assert rec["detail"]["kwargs"] == "{'k': 'v'}" and rec["detail"]["root_id"] == ids[0]
     board.apply({"type": ev.TASK_PROGRESS, "uuid": ids[0], "current": 1, "total": 2, "timestamp": 6.0})
     assert board.take_records()[0]["_index"][1][0] == "PROGRESS"
@@ -286,19 +286,29 @@ def test_a_store_from_before_the_index_is_backfilled(rc):
     assert sorted(r["task_id"] for r in walk(Explorer(rc), Query(limit=7))) == sorted(ids)
 
 
-def test_chunked_sets_stay_small_ordered_and_walk_like_one_sorted_set(rc):
+@pytest.mark.parametrize("scores", ["scattered", "growing"])
+def test_chunked_sets_stay_small_ordered_and_walk_like_one_sorted_set(rc, scores):
     from bridge.explorer import Segment
     from bridge.records import SPLIT
 
     rng = random.Random(17)
     key, kept = protocol.IX_RUNTIME, {}
     publisher = Publisher(rc, RecordWriter())
-    for _ in range(6):  # out-of-order scores, ties, removals: splits and emptied chunks
+    clock = 0.0
+    for _ in range(6):
         ops = Ops()
-        for _ in range(400):
+        for i in range(400):
             member = uuid.uuid4().bytes
-            kept[member] = float(rng.choice([rng.randint(0, 30), round(rng.uniform(0, 1e4), 6)]))
+            if scores == "scattered":  # out-of-order scores and ties: splits
+                seconds = rng.choice([rng.randint(0, 30), round(rng.uniform(0, 1e4), 6)])
+            else:  # received times: mostly growing, some late, some equal
+                clock += rng.choice([0.0, 0.001, 0.5])
+                seconds = clock - (rng.uniform(0, 2) if rng.random() < 0.1 else 0.0)
+            kept[member] = float(protocol.ix_score(seconds))
             ops.raw("IXADD", key, kept[member], member)
+            if scores == "growing" and i % 3 == 0:  # removals between adds: emptied chunks
+                gone = rng.choice(sorted(kept))
+                ops.raw("IXREM", key, kept.pop(gone), gone)
         for member in rng.sample(sorted(kept), 150):
             ops.raw("IXREM", key, kept.pop(member), member)
         publisher.run(ops)
@@ -318,7 +328,8 @@ def test_chunked_sets_stay_small_ordered_and_walk_like_one_sorted_set(rc):
             assert [(s, m) for m, s in got] == rows[first:first + 300]
     received = Query(received_after=10.0, received_before=5000.0, desc=False)
     got = Explorer(rc)._fetch(Segment((key,)), None, received, 2000)
-    assert [(s, m) for m, s in got] == [r for r in want[::-1] if 10.0 <= r[0] < 5000.0]
+    low, high = protocol.ix_score(10.0), protocol.ix_score(5000.0)  # bounds the walk includes
+    assert [(s, m) for m, s in got] == [r for r in want[::-1] if low <= r[0] <= high]
 
 
 def test_an_index_of_another_layout_is_dropped_and_backfilled(rc, monkeypatch):
