@@ -160,14 +160,14 @@ def record_row(record: Record) -> dict:
                      runtime=detail.get("runtime"), terminated=bool(detail.get("terminated")))
 
 
-# -- the task explorer's index (bridge/records.py writes it, bridge/explorer.py reads it) --------
+# -- the task explorer's index (bridge/records.py writes it, bridge/store/explorer.py reads it) --------
 # Each "set" below is a chunked sorted set (bridge/records.py: one writer, Lua in the
 # publisher's lease-checked script): the key itself is a directory, a sorted set of chunk
 # ids scored by the lowest score each chunk covers, and the members live in chunks
 # skald:ix:c:<id> (ids from the counter skald:ix:seq) of at most 80 members, so Redis
 # keeps every chunk as a listpack (~40 B an entry; a sorted set past 128 members is a
 # skiplist, ~128 B an entry). Chunk i holds the scores in [lo_i, lo_i+1): a walk in score
-# order goes through the chunks in directory order (bridge/explorer.py).
+# order goes through the chunks in directory order (bridge/store/explorer.py).
 # skald:ix:state:<STATE>    set: member -> received time (one per state)
 # skald:ix:name:<name>      set: member -> received time ("" while the name is unknown)
 # skald:ix:worker:<host>    set: member -> received time ("" until a worker started it)

@@ -13,9 +13,9 @@ import redis
 
 import protocol
 from bridge.emitter import Ops, Publisher
-from bridge.explorer import EXAMINE_CAP, Explorer, Query, decode_cursor, encode_cursor, matches, plan
 from bridge.records import RecordWriter, index_ops
 from bridge.state import Board
+from bridge.store.explorer import EXAMINE_CAP, Explorer, Query, decode_cursor, encode_cursor, matches, plan
 from tasks import events as ev
 
 NAMES = ("reports.build", "mail.send", "thumbs.make")
@@ -288,8 +288,8 @@ def test_a_store_from_before_the_index_is_backfilled(rc):
 
 @pytest.mark.parametrize("scores", ["scattered", "growing"])
 def test_chunked_sets_stay_small_ordered_and_walk_like_one_sorted_set(rc, scores):
-    from bridge.explorer import Segment
     from bridge.records import SPLIT
+    from bridge.store.explorer import Segment
 
     rng = random.Random(17)
     key, kept = protocol.IX_RUNTIME, {}

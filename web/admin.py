@@ -1,6 +1,6 @@
 """The operator view: the /admin page, its admin-only API, maintenance, and /metrics.
 
-Everything here reads what the bridge stored in Redis (``bridge/store.py``);
+Everything here reads what the bridge stored in Redis (``bridge/store/``);
 the web process writes only the maintenance flag and cancel requests (the same
 ``jobs.queue_cancel``, the same path as a watcher's cancel).
 

@@ -1,8 +1,8 @@
 """The task explorer: ``GET /api/tasks`` (filters, sort, cursor), ``GET /api/tasks/<id>``
 (the full kept detail) and the task's page ``/admin/tasks/<id>``.
 
-Reads only: the index and records the bridge keeps (``bridge/explorer.py``,
-``bridge/store.py``). Viewers and admins (:data:`web.roles.VIEW_ALL`); the page
+Reads only: the index and records the bridge keeps (the store's read side,
+``bridge/store/``). Viewers and admins (:data:`web.roles.VIEW_ALL`); the page
 shows the actions (web/taskactions.py) to admins only.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from flask_login import current_user
 from redis.exceptions import RedisError
 
 import protocol
-from bridge.explorer import Explorer, Query, decode_cursor
+from bridge.store.explorer import Explorer, Query, decode_cursor
 from web.api import limit_arg
 from web.control import SIGNALS
 from web.errors import ApiError
@@ -85,7 +85,7 @@ def list_tasks():
     (Unix s), ``q`` (id, args, kwargs, result, exception); ``sort`` (received,
     started, updated, runtime, name, state; default received), ``order`` (desc);
     ``limit`` (100, at most 1000); ``cursor`` from the previous page. Each request
-    looks at :data:`bridge.explorer.EXAMINE_CAP` candidates at most
+    looks at :data:`bridge.store.explorer.EXAMINE_CAP` candidates at most
     (``truncated``: it stopped there; follow ``next_cursor``).
     """
     query = parse_query()

@@ -1,8 +1,9 @@
-"""The read side of what the bridge keeps in Redis: task records and cluster state.
+"""The read side of what the bridge keeps in Redis: task records and cluster state here,
+the explorer's index in :mod:`bridge.store.explorer`.
 
-Every process reads through here (the web process for snapshots, the admin
-API and ``/metrics``; a restarted bridge for its memory). The layout is
-``protocol.py``'s; the bridge's writes are in ``bridge/records.py``.
+Every process reads through this package (the web process for snapshots, the
+admin API, the explorer and ``/metrics``; a restarted bridge for its memory).
+The layout is ``protocol.py``'s; the bridge's writes are in ``bridge/records.py``.
 """
 from __future__ import annotations
 
