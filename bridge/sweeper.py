@@ -90,21 +90,21 @@ class Seen:
 
 
 @dataclass(frozen=True)
-class Resubmit:
+class JobDecision:
     job: JobRow
     reason: str
 
 
-@dataclass(frozen=True)
-class Suspect:
-    job: JobRow
-    reason: str
+class Resubmit(JobDecision):
+    """Send the job again (its message and its ending are both lost)."""
 
 
-@dataclass(frozen=True)
-class GiveUp:
-    job: JobRow
-    reason: str
+class Suspect(JobDecision):
+    """It looks lost; sent again if the next sweep agrees."""
+
+
+class GiveUp(JobDecision):
+    """Sent again too often: recorded failed."""
 
 
 @dataclass(frozen=True)

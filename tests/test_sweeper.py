@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -108,6 +110,19 @@ def sweep_stack(tmp_path):
         s.close()
 
 
+@contextmanager
+def watched(stack: Stack, user: dict) -> Iterator[Watcher]:
+    """A watcher for ``user``; when the test fails, the processes' logs are printed."""
+    w = Watcher(stack.web.url, user["token"]).connect()
+    try:
+        yield w
+    except AssertionError:
+        print("\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in stack.procs.procs))
+        raise
+    finally:
+        w.close()
+
+
 def admin_watcher(stack: Stack) -> Watcher:
     from tasks.db import session_scope
     from web.auth import create_user
@@ -147,8 +162,7 @@ def test_a_deleted_broker_message_is_resubmitted(sweep_stack, tmp_path):
     stack = sweep_stack().start(workers=0, bridges=1)
     user = stack.user("pat")
     admin = admin_watcher(stack)
-    w = Watcher(stack.web.url, user["token"]).connect()
-    try:
+    with watched(stack, user) as w:
         tid = stack.submit(user, [make_image(tmp_path / f"d{i}.png", i) for i in range(2)])
         assert w.call("join_task", {"task_id": tid})["ok"]
         client = redis.Redis.from_url(stack.settings.redis_url)
@@ -162,11 +176,6 @@ def test_a_deleted_broker_message_is_resubmitted(sweep_stack, tmp_path):
         wait_for(lambda: alerts(admin, "job_resubmitted"), 10, what="the admin_alert")
         snap = requests.get(f"{stack.web.url}/api/jobs/{tid}", headers=user["headers"], timeout=5).json()
         assert snap["state"] == "SUCCESS" and snap["current"] == 2
-    except AssertionError:
-        print("\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in stack.procs.procs))
-        raise
-    finally:
-        w.close()
         admin.close()
 
 
@@ -174,8 +183,7 @@ def test_a_deleted_broker_message_is_resubmitted(sweep_stack, tmp_path):
 def test_started_forever_after_worker_killed_and_redis_restarted_empty(sweep_stack, tmp_path):
     stack = sweep_stack().start(workers=1, bridges=1)
     user = stack.user("ron")
-    w = Watcher(stack.web.url, user["token"]).connect()
-    try:
+    with watched(stack, user) as w:
         images = [make_image(tmp_path / f"s{i}.png", i, (1600, 1200)) for i in range(8)]
         tid = stack.submit(user, images)
         assert w.call("join_task", {"task_id": tid})["ok"]
@@ -186,11 +194,6 @@ def test_started_forever_after_worker_killed_and_redis_restarted_empty(sweep_sta
         one_ending(w, tid, 90)
         entries, resubmitted = audit_rows(stack, tid)
         assert resubmitted == 1 and entries[0][2]["state"] == "STARTED", entries
-    except AssertionError:
-        print("\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in stack.procs.procs))
-        raise
-    finally:
-        w.close()
 
 
 @pytest.mark.slow
@@ -203,8 +206,7 @@ def test_an_ending_redis_lost_is_written_back(sweep_stack, tmp_path):
 
     stack = sweep_stack().start(workers=1, bridges=1)
     user = stack.user("una")
-    w = Watcher(stack.web.url, user["token"]).connect()
-    try:
+    with watched(stack, user) as w:
         images = [make_image(tmp_path / f"e{i}.png", i, (1600, 1200)) for i in range(3)]
         tid = stack.submit(user, images)
         assert w.call("join_task", {"task_id": tid})["ok"]
@@ -226,11 +228,6 @@ def test_an_ending_redis_lost_is_written_back(sweep_stack, tmp_path):
         one_ending(w, tid, 30)
         [(_, ending)] = w.endings(tid)
         assert ending["results"]["count"] == 3
-    except AssertionError:
-        print("\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in stack.procs.procs))
-        raise
-    finally:
-        w.close()
 
 
 @pytest.mark.slow
@@ -239,8 +236,7 @@ def test_a_job_still_queued_is_left_alone(sweep_stack, tmp_path):
     sweeper sends nothing (no duplicate), and the job runs once a worker comes."""
     stack = sweep_stack().start(workers=0, bridges=1)
     user = stack.user("quinn")
-    w = Watcher(stack.web.url, user["token"]).connect()
-    try:
+    with watched(stack, user) as w:
         tid = stack.submit(user, [make_image(tmp_path / "q.png", 0)])
         assert w.call("join_task", {"task_id": tid})["ok"]
         client = redis.Redis.from_url(stack.settings.redis_url)
@@ -250,5 +246,3 @@ def test_a_job_still_queued_is_left_alone(sweep_stack, tmp_path):
         assert entries == [] and resubmitted == 0
         stack.procs.start_worker("finally", stack.env, stack.settings, concurrency=1)
         one_ending(w, tid, 30)
-    finally:
-        w.close()
