@@ -9,7 +9,6 @@ a task that ended (our own terminal rule).
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from bridge.task import (
     Task,
     as_count,
     as_id,
+    as_label,
     as_number,
     as_text,
     caption_results,
@@ -68,9 +68,9 @@ def advance(task: Task, state: str) -> bool:
 def describe(task: Task, event: dict) -> bool:
     """Learn the task's name, arguments and (caption jobs) job id; True if anything was new."""
     changed = False
-    name = as_text(event.get("name"))
+    name = as_label(event.get("name"))
     if name is not None and task.name != name:
-        task.name = sys.intern(name)
+        task.name = name
         changed = True
     if task.args is None and ("args" in event or "kwargs" in event):
         task.args = keep(event.get("args", ""))
@@ -95,11 +95,8 @@ SENT_FIELDS = ("retries", "eta", "expires", "parent_id", "root_id", "queue")
 
 def remember(task: Task, key: str, value: Any) -> None:
     """Keep one detail field for the explorer (``Task.full``); None is not kept."""
-    if value is None:
-        return
-    if task.full is None:
-        task.full = {}
-    task.full[key] = value
+    if value is not None:
+        task.keep(key, value)
 
 
 def on_sent(task: Task, event: dict, stamp: float) -> Move | None:
@@ -117,7 +114,7 @@ def on_received(task: Task, event: dict, stamp: float) -> Move | None:
 
 
 def on_started(task: Task, event: dict, stamp: float) -> Move | None:
-    task.worker = as_text(event.get("hostname"), HOST_CAP) or task.worker
+    task.worker = as_label(event.get("hostname"), HOST_CAP) or task.worker
     task.started_at = task.started_at or stamp
     if advance(task, "STARTED"):
         task.step = "started"
@@ -135,14 +132,14 @@ def on_progress(task: Task, event: dict, stamp: float) -> Move | None:
         current, total = as_count(current), as_count(total)
     if current < task.current:  # stale or duplicate
         return None
-    task.worker = task.worker or as_text(event.get("hostname"), HOST_CAP)
+    task.worker = task.worker or as_label(event.get("hostname"), HOST_CAP)
     task.current, task.total = current, total
     task.failed = as_count(event.get("failed"), task.failed)
     task.step = trim(event.get("step")) or task.step
     eta = as_number(event.get("eta"))
     task.eta = round(eta, 1) if eta is not None and eta >= 0 else None
     task.job_id = as_id(event.get("job_id")) or task.job_id
-    task.owner = as_text(event.get("owner")) or task.owner
+    task.owner = as_label(event.get("owner")) or task.owner
     task.extra = extra_fields(event) or task.extra
     advance(task, "PROGRESS")
     caption, image = as_text(event.get("caption"), CAPTION_CAP), as_text(event.get("image"))

@@ -27,7 +27,7 @@ from typing import Any
 
 import protocol
 from bridge import rules
-from bridge.task import Task, as_count, as_id, as_number, as_text
+from bridge.task import Task, as_count, as_id, as_label, as_number
 from protocol import ADMIN_ROOM, task_room
 from tasks import events as ev
 
@@ -228,7 +228,7 @@ class Board:
             task.updated_at = self.clock()
         was = (task.job_id, task.owner, task.total)
         task.job_id = task.job_id if task.job_id is not None else as_id(job_id)
-        task.owner = task.owner or as_text(owner)
+        task.owner = task.owner or as_label(owner)
         task.total = task.total or as_count(total, 0)
         if not new and was == (task.job_id, task.owner, task.total):
             return Change()

@@ -66,6 +66,13 @@ def as_text(value: Any, cap: int = NAME_CAP) -> str | None:
     return value[:cap] if isinstance(value, str) and value else None
 
 
+def as_label(value: Any, cap: int = NAME_CAP) -> str | None:
+    """:func:`as_text` for a value many tasks share (a task name, a worker, an owner):
+    interned, so each is held once however many tasks name it."""
+    text = as_text(value, cap)
+    return sys.intern(text) if text is not None else None
+
+
 def trim(text: Any, keep_end: bool = False) -> str | None:
     """At most ``TEXT_CAP`` characters: the start, or the end (a traceback's useful part)."""
     if text is None:
@@ -186,8 +193,8 @@ class Task:
 
     __slots__ = ("task_id", "name", "state", "job_id", "owner", "current", "total", "failed",
                  "step", "eta", "updated_at", "worker", "received_at", "started_at",
-                 "runtime", "args", "outcome", "cancel_requested", "terminated", "ending",
-                 "compacted", "extra", "seen_at", "full", "indexed")
+                 "runtime", "cancel_requested", "terminated", "ending", "extra", "seen_at",
+                 "full", "indexed")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
@@ -205,15 +212,14 @@ class Task:
         self.received_at: float | None = None
         self.started_at: float | None = None
         self.runtime: float | None = None
-        self.args: str | None = None     # the args as the worker's event had them (repr, capped)
-        self.outcome: str | None = None  # result or traceback text, trimmed
         self.cancel_requested = False
         self.terminated = False
         self.ending: dict | None = None  # {"event", "payload"} once ended
-        self.compacted = False  # ended, stored, and its bulky parts dropped
         self.extra: dict | None = None  # a progress event's small extra fields (extra_fields)
         self.seen_at: float | None = None  # first heard of: the index's "received" (never moves)
-        self.full: dict | None = None  # detail kept for the explorer: kwargs, retries, eta, ...
+        # Detail kept until the final record is stored: args and outcome, and for the
+        # explorer kwargs, retries, eta, ... (FULL_FIELDS).
+        self.full: dict | None = None
         self.indexed: tuple | None = None  # the index entry last written (bridge/records.py)
 
     @property
@@ -225,11 +231,45 @@ class Task:
         """(state, name): what the operator view counts it under."""
         return self.state, self.name
 
+    @property
+    def compacted(self) -> bool:
+        """Ended, stored, and its bulky parts dropped (:meth:`compact`)."""
+        return self.ending is None and self.ended
+
+    @property
+    def args(self) -> str | None:
+        """The args as the worker's event had them (repr, capped)."""
+        return self.full.get("args") if self.full else None
+
+    @args.setter
+    def args(self, value: str | None) -> None:
+        self.keep("args", value)
+
+    @property
+    def outcome(self) -> str | None:
+        """The result or traceback text, trimmed (the operator view's row)."""
+        return self.full.get("outcome") if self.full else None
+
+    @outcome.setter
+    def outcome(self, value: str | None) -> None:
+        self.keep("outcome", value)
+
+    def keep(self, key: str, value: Any) -> None:
+        """Keep one detail field until the final record is stored (None: forget it)."""
+        if value is not None:
+            if self.full is None:
+                self.full = {}
+            self.full[key] = value
+        elif self.full:
+            self.full.pop(key, None)
+
     def compact(self) -> None:
-        """Forget what only the store needs (an ended task is never written again)."""
-        self.ending = self.args = self.outcome = self.extra = self.full = None
+        """Forget what only the store needs (an ended task is never written again); an
+        ended task holds no ending from here on (:attr:`compacted`)."""
+        self.ending = self.extra = self.full = None
         self.step = sys.intern(self.step)
-        self.compacted = True
+        if self.seen_at is not None:  # the index's received time: the other is not needed
+            self.received_at = None
 
     def snapshot(self) -> dict:
         snap = protocol.snapshot(self.task_id, job_id=self.job_id, owner=self.owner,
@@ -272,19 +312,18 @@ class Task:
         state = snap.get("state")
         task.state = state if state in protocol.STATES else "PENDING"
         task.job_id = as_id(snap.get("job_id"))
-        task.owner = as_text(snap.get("owner"))
+        task.owner = as_label(snap.get("owner"))
         task.current = as_count(snap.get("current"), 0)
         task.total = as_count(snap.get("total"), 0)
         task.step = as_text(snap.get("current_step"), TEXT_CAP) or ""
         task.eta = as_number(snap.get("estimated_completion"))
         task.updated_at = as_number(snap.get("updated_at"), 0.0)
         detail = record.get("detail") or {}
-        task.name = as_text(detail.get("name"))
-        task.worker = as_text(detail.get("worker"), HOST_CAP)
+        task.name = as_label(detail.get("name"))
+        task.worker = as_label(detail.get("worker"), HOST_CAP)
+        task.full = {k: detail[k] for k in FULL_FIELDS if detail.get(k) is not None} or None
         task.args = as_text(detail.get("args"), DETAIL_CAP)
         task.outcome = as_text(detail.get("outcome"), TEXT_CAP)
-        full = {k: detail[k] for k in FULL_FIELDS if detail.get(k) is not None}
-        task.full = full or None
         for key in ("runtime", "received_at", "started_at", "seen_at"):
             setattr(task, key, as_number(detail.get(key)))
         task.failed = as_count(detail.get("failed"), 0)
