@@ -188,8 +188,26 @@ FULL_FIELDS = ("kwargs", "retries", "eta", "expires", "parent_id", "root_id", "q
                "result", "exception", "traceback", "succeeded_at", "failed_at", "revoked_at")
 
 
+class Kept:
+    """A detail field of a task held in its ``full`` dict (so gone at compaction)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, task: Task | None, owner: type | None = None) -> Any:
+        if task is None:
+            return self
+        return task.full.get(self.name) if task.full else None
+
+    def __set__(self, task: Task, value: Any) -> None:
+        task.keep(self.name, value)
+
+
 class Task:
     """What the bridge knows of one task (slots: memory per task is measured)."""
+
+    args = Kept()     # the args as the worker's event had them (repr, capped)
+    outcome = Kept()  # the result or traceback text, trimmed (the operator view's row)
 
     __slots__ = ("task_id", "name", "state", "job_id", "owner", "current", "total", "failed",
                  "step", "eta", "updated_at", "worker", "received_at", "started_at",
@@ -235,24 +253,6 @@ class Task:
     def compacted(self) -> bool:
         """Ended, stored, and its bulky parts dropped (:meth:`compact`)."""
         return self.ending is None and self.ended
-
-    @property
-    def args(self) -> str | None:
-        """The args as the worker's event had them (repr, capped)."""
-        return self.full.get("args") if self.full else None
-
-    @args.setter
-    def args(self, value: str | None) -> None:
-        self.keep("args", value)
-
-    @property
-    def outcome(self) -> str | None:
-        """The result or traceback text, trimmed (the operator view's row)."""
-        return self.full.get("outcome") if self.full else None
-
-    @outcome.setter
-    def outcome(self, value: str | None) -> None:
-        self.keep("outcome", value)
 
     def keep(self, key: str, value: Any) -> None:
         """Keep one detail field until the final record is stored (None: forget it)."""
