@@ -62,7 +62,11 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def local() -> LocalCaptioner:
-    captioner = LocalCaptioner(load_settings(env={}))
+    # What a caption says is tested here, not how fast: a generous stage budget, so a slow
+    # shared machine (a 40-line page's OCR took past the default 10 s once) cannot drop a
+    # stage. The budget itself is tested below with a tiny one.
+    settings = load_settings(env={}).with_overrides(stage_time_budget=120.0)
+    captioner = LocalCaptioner(settings)
     assert captioner.load() == ["ocr", "objects", "faces"], "every model must load from its package"
     return captioner
 
