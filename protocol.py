@@ -160,7 +160,7 @@ def record_row(record: Record) -> dict:
                      runtime=detail.get("runtime"), terminated=bool(detail.get("terminated")))
 
 
-# -- the task explorer's index (bridge/records.py writes it, bridge/store/explorer.py reads it) --------
+# -- the task explorer's index (bridge/records.py writes it, bridge/store/explorer.py reads it)
 # Each "set" below is a chunked sorted set (bridge/records.py: one writer, Lua in the
 # publisher's lease-checked script): the key itself is a directory, a sorted set of chunk
 # ids scored by the lowest score each chunk covers, and the members live in chunks
@@ -198,8 +198,6 @@ IndexEntry = tuple[str, str, str, int, int | None, int | None]
 """(state, name, worker, received, started, runtime): where a task sits in the index; the
 times as scores (:func:`ix_score`)."""
 IX_SCALE = 1_000_000  # index scores are integer microseconds: a listpack compares integers fast
-
-
 IX_SECONDS_CAP = 9e9  # |seconds| kept: its score stays an exact integer (< 2**53) in Redis
 
 

@@ -90,6 +90,12 @@ local function ix_split(dir, key)
   redis.call('ZREMRANGEBYSCORE', key, b, '+inf')
   redis.call('ZADD', dir, b, id)
 end
+-- Past SPLIT a chunk is split by score; a chunk of one score cannot be, so it is tried
+-- again only each CHUNK adds later (equal runtimes would otherwise retry on every add).
+local function ix_oversize(dir, id, n)
+  if n > SPLIT and (n - SPLIT) % CHUNK == 1 then ix_split(dir, CPRE .. id); return true end
+  return false
+end
 local top = {}  -- per set, within this call: its last chunk {id, lo, n}, once looked up
 local function ix_top(dir)
   local t = top[dir]
@@ -114,9 +120,7 @@ local function ix_add(dir, score, member)
       end
     end
     t.n = t.n + redis.call('ZADD', CPRE .. t.id, score, member)
-    -- Past SPLIT: split by score; a chunk of one score cannot be, so it is tried again
-    -- only each CHUNK adds later (equal runtimes would otherwise retry on every add).
-    if t.n > SPLIT and (t.n - SPLIT) % CHUNK == 1 then ix_split(dir, CPRE .. t.id); top[dir] = nil end
+    if ix_oversize(dir, t.id, t.n) then top[dir] = nil end
     return
   end
   top[dir] = nil
@@ -128,8 +132,7 @@ local function ix_add(dir, score, member)
     redis.call('ZADD', dir, score, id)  -- the first chunk reaches down
   end
   redis.call('ZADD', CPRE .. id, score, member)
-  local n = redis.call('ZCARD', CPRE .. id)
-  if n > SPLIT and (n - SPLIT) % CHUNK == 1 then ix_split(dir, CPRE .. id) end
+  ix_oversize(dir, id, redis.call('ZCARD', CPRE .. id))
 end
 local function ix_rem(dir, score, member)
   local t, s = ix_top(dir), tonumber(score)

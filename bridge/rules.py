@@ -16,7 +16,6 @@ from typing import Any
 import protocol
 from bridge.task import (
     HOST_CAP,
-    MAX_INT,
     NAME_CAP,
     TEXT_CAP,
     Task,
@@ -124,12 +123,9 @@ def on_started(task: Task, event: dict, stamp: float) -> Move | None:
 
 def on_progress(task: Task, event: dict, stamp: float) -> Move | None:
     current, total = event.get("current"), event.get("total")
-    if not (type(current) is type(total) is int and 0 <= current <= MAX_INT
-            and 0 <= total <= MAX_INT):  # the usual small ints skip this
-        current, total = as_number(current), as_number(total)
-        if current is None or total is None or current < 0 or total < 0:
-            return None
-        current, total = as_count(current), as_count(total)
+    if as_number(current) is None or as_number(total) is None or current < 0 or total < 0:
+        return None
+    current, total = as_count(current), as_count(total)
     if current < task.current:  # stale or duplicate
         return None
     task.worker = task.worker or as_label(event.get("hostname"), HOST_CAP)

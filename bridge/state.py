@@ -186,7 +186,7 @@ class Board:
                 self._open.pop(task_id, None)
             return Change(transitions=self._take_dropped())
         task.updated_at = max(task.updated_at, stamp)
-        snap = task.snapshot() if move.kind == "progress" else {}  # for the update and the row
+        snap = task.snapshot() if move.kind == "progress" else None  # for the update and the row
         return self._changed(task, before, self._emits(task, move, snap), stamp, source, snap)
 
     def cancel(self, task_id: str, by: str = "", started: bool = False) -> Change:
@@ -248,15 +248,15 @@ class Board:
         return self._changed(task, before, out, now, BRIDGE)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _emits(self, task: Task, move: rules.Move, snap: dict) -> list[Update]:
+    def _emits(self, task: Task, move: rules.Move, snap: dict | None) -> list[Update]:
         if move.kind == "end":
             return self._finish(task, move.state, results=move.results, completed=move.completed,
                                 error=move.error)
         if move.kind == "quiet":
             return []
-        payload = snap if move.caption is None else \
-            {**snap, "last_caption": move.caption, "recent_captions": [move.caption]}
-        return [Update(protocol.PROGRESS_UPDATE, task_room(task.task_id), task.task_id, payload)]
+        if move.caption is not None:  # the row is made from the bare snapshot
+            snap = {**snap, "last_caption": move.caption, "recent_captions": [move.caption]}
+        return [self._progress(task, snap)]
 
     def _changed(self, task: Task, before: tuple[str, str | None] | None, out: list[Update],
                  at: float, source: str, snap: dict | None = None) -> Change:
@@ -278,9 +278,9 @@ class Board:
         dropped, self._dropped = self._dropped, []
         return dropped
 
-    def _progress(self, task: Task) -> Update:
+    def _progress(self, task: Task, payload: dict | None = None) -> Update:
         return Update(protocol.PROGRESS_UPDATE, task_room(task.task_id), task.task_id,
-                      task.snapshot())
+                      payload or task.snapshot())
 
     def _job_update(self, task: Task, snap: dict | None = None) -> Update:
         return Update(protocol.JOB_UPDATE, ADMIN_ROOM, task.task_id, {"job": task.row(snap)},

@@ -278,12 +278,10 @@ class Explorer:
         if not seg.text_members:  # chunked sets: one script call per set
             lo_num = "" if lo == "-inf" else repr(float(lo))
             hi_num = "" if hi == "+inf" else repr(float(hi))
-            lo_b = "-inf" if lo == "-inf" else lo_num
-            hi_b = "+inf" if hi == "+inf" else hi_num
             mark = "" if after is None else repr(after[0])
             for key in seg.keys:
-                self._range(keys=[key], args=["1" if query.desc else "0", mark, lo_b, hi_b,
-                                              lo_num, hi_num, n, TIE_CAP], client=pipe)
+                self._range(keys=[key], args=["1" if query.desc else "0", mark, lo_num or lo,
+                                              hi_num or hi, lo_num, hi_num, n, TIE_CAP], client=pipe)
             runs = []
             for flat, _ in pipe.execute():
                 rows = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
