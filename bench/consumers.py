@@ -41,6 +41,15 @@ class Stats:
         self.lags: list[float] = []
         self.lock = threading.Lock()
 
+    def first(self, t: float) -> None:
+        """The first event counted (only the first call counts)."""
+        if self.t_first is None:
+            self.t_first, self.cpu_first = t, time.process_time()
+
+    def last(self, t: float) -> None:
+        """The latest event counted."""
+        self.t_last, self.cpu_last = t, time.process_time()
+
     def report(self, kind: str, **extra) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         span = (self.t_last - self.t_first) if self.t_first and self.t_last else None
@@ -70,8 +79,7 @@ def run_bridge(args, stats: Stats) -> dict:
 
         def step(self, batch, metas, now, gauges):
             if stats.t_first is None and any(isinstance(i, Events) for i in batch):
-                stats.t_first = time.time()
-                stats.cpu_first = time.process_time()
+                stats.first(time.time())
             out = super().step(batch, metas, now, gauges)
             self.applied += out.events
             if stats.want_lag:
@@ -83,8 +91,8 @@ def run_bridge(args, stats: Stats) -> dict:
             super().publish(out)
             if self.applied != stats.count:
                 t = time.time()
-                stats.count, stats.t_last = self.applied, t
-                stats.cpu_last = time.process_time()
+                stats.count = self.applied
+                stats.last(t)
                 stats.lags.extend(t - ts for ts in self.pending)
                 self.pending = []
 
@@ -123,12 +131,9 @@ def run_flower(args, stats: Stats) -> dict:
     def event(e: dict) -> None:
         orig(e)
         t = time.time()
-        if stats.t_first is None:
-            stats.t_first = t
-            stats.cpu_first = time.process_time()
+        stats.first(t)
         stats.count += 1
-        stats.t_last = t
-        stats.cpu_last = time.process_time()
+        stats.last(t)
         if stats.want_lag:
             stats.lags.append(t - (e.get("timestamp") or t))
 
@@ -176,9 +181,7 @@ def run_redis(args, stats: Stats, decode: bool) -> dict:
             if msg["type"] != "pmessage":
                 continue
             t = time.time()
-            if stats.t_first is None:
-                stats.t_first = t
-                stats.cpu_first = time.process_time()
+            stats.first(t)
             if decode:
                 evs = wire.decode(msg["data"])
                 n += len(evs)
@@ -187,8 +190,7 @@ def run_redis(args, stats: Stats, decode: bool) -> dict:
             else:
                 n += per
             stats.count = n
-            stats.t_last = t
-            stats.cpu_last = time.process_time()
+            stats.last(t)
             if stop.is_set():
                 return
     threading.Thread(target=loop, daemon=True).start()
